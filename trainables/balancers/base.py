@@ -1,0 +1,120 @@
+"""The plug-in interface the trainer calls: a balancer reacts to a few named events on a shared State.
+
+The trainer never mentions a method by name. Each hook receives the State and may change what the
+event is about (the batch, the features, the loss, the gradients). Hooks default to doing nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class State:
+    """What a balancer may read or change during training."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    modalities: list[str]
+    num_classes: int
+    num_epochs: int
+    steps_per_epoch: int
+    loss_setting: str
+    device: torch.device
+    train_loader: Any = None
+    epoch: int = 0  # 0-based
+    step: int = 0  # global optimisation step, 0-based
+    training: bool = True
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: torch.Tensor | None = None
+    # The loss target as a mixture: [(weight, labels)], so mixup needs no special loss code.
+    targets: list[tuple[float, torch.Tensor]] = field(default_factory=list)
+    unimodal_targets: dict[str, list[tuple[float, torch.Tensor]]] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    fused_logits: torch.Tensor | None = None
+    unimodal_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    loss: torch.Tensor | None = None
+    loss_terms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.num_epochs * self.steps_per_epoch
+
+
+class Balancer:
+    """Base class: subclass, set `name` and `Params`, override the hooks you need."""
+
+    name = "none"
+    Params: type[BaseModel] = NoParams
+    two_modalities_only = False
+
+    def __init__(self, params: BaseModel, modalities: list[str]):
+        if self.two_modalities_only and len(modalities) != 2:
+            from trainables.config import ConfigError
+
+            raise ConfigError(
+                f"balancer.name: '{self.name}' is defined for exactly 2 modalities (dataset has {len(modalities)}: "
+                f"{modalities}); use one of: none, ogm, ogm_ge, mm, cal"
+            )
+        self.p = params
+        self.modalities = modalities
+
+    # --- modules the balancer owns (trained with the model, applied at evaluation too) ---
+    def bind_model(self, model: nn.Module) -> None:
+        """Called once with the built model, before `extra_modules` (e.g. to size a head)."""
+
+    def extra_modules(self) -> nn.Module | None:
+        return None
+
+    def transform_features(self, feats: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
+        return feats
+
+    # --- events, in the order the trainer fires them ---
+    def on_fit_start(self, state: State) -> None: ...
+    def on_epoch_start(self, state: State) -> None: ...
+    def on_batch_start(self, state: State) -> None: ...
+    def after_encode(self, state: State) -> None: ...
+    def after_loss(self, state: State) -> None: ...
+    def after_backward(self, state: State) -> None: ...
+    def after_step(self, state: State) -> None: ...
+    def on_epoch_end(self, state: State) -> None: ...
+
+    # --- what the balancer records ---
+    def epoch_metrics(self) -> dict[str, float]:
+        """Per-epoch dynamics for the history (averages over the epoch's steps); reset by the trainer."""
+        return {}
+
+    def reset_epoch_metrics(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class StepAverager:
+    """Accumulates per-step scalars into per-epoch means."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, **values: float) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()

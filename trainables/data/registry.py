@@ -1,0 +1,37 @@
+"""Dataset plug-ins by name: each has a params model (validated in the trial config) and a builder."""
+from __future__ import annotations
+
+from typing import Callable
+
+from pydantic import BaseModel
+
+from trainables.config import ConfigError
+from trainables.data.base import DatasetBundle
+
+_DATASETS: dict[str, tuple[type[BaseModel], Callable[[BaseModel], DatasetBundle]]] = {}
+
+
+def register_dataset(name: str, params: type[BaseModel], build: Callable[[BaseModel], DatasetBundle]) -> None:
+    _DATASETS[name] = (params, build)
+
+
+def _ensure_builtin() -> None:
+    if not _DATASETS:
+        from trainables.data import synthetic  # noqa: F401  (registers itself)
+
+
+def dataset_names() -> list[str]:
+    _ensure_builtin()
+    return sorted(_DATASETS)
+
+
+def dataset_params_model(name: str) -> type[BaseModel]:
+    _ensure_builtin()
+    if name not in _DATASETS:
+        raise ConfigError(f"dataset.name: unknown dataset '{name}'; allowed: {', '.join(dataset_names())}")
+    return _DATASETS[name][0]
+
+
+def build_dataset(name: str, params: BaseModel) -> DatasetBundle:
+    _ensure_builtin()
+    return _DATASETS[name][1](params)

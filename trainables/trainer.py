@@ -1,0 +1,236 @@
+"""The multimodal trainer: one readable loop that fires events for balancers and never names a method.
+
+Runs in-process (`mmstudy debug`, a notebook, a debugger) and under Ray Tune through a thin adapter.
+Model selection is on the validation split; the test metrics of the best validation epoch are the result.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from trainables.balancers.base import State
+from trainables.balancers.registry import build_balancer
+from trainables.config import TrialConfig
+from trainables.data.base import DatasetBundle
+from trainables.data.registry import build_dataset
+from trainables.dynamics import DynamicsTracker
+from trainables.metrics import accuracy, macro_f1
+from trainables.models import build_model
+
+
+class TrialDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial ends with status `diverged`."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from trainables.config import ConfigError
+
+        raise ConfigError("device: 'cuda' requested but no GPU is visible; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def select_modalities(available: list[str], wanted: list[str] | None) -> list[str]:
+    if not wanted:
+        return list(available)
+    unknown = [m for m in wanted if m not in available]
+    if unknown or len(set(wanted)) != len(wanted):
+        from trainables.config import ConfigError
+
+        raise ConfigError(f"modalities: {wanted} is not a subset of the dataset's modalities; allowed: {available}")
+    return [m for m in available if m in wanted]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
+def mixed_cross_entropy(logits: torch.Tensor, targets: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
+    """sum_k w_k * CE(logits, y_k): plain CE for one target, the mixup loss for two."""
+    return sum(w * F.cross_entropy(logits, y) for w, y in targets)
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig, data: DatasetBundle | None = None):
+        self.cfg = cfg
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.data = data if data is not None else build_dataset(cfg.dataset.name, cfg.dataset_params())
+        self.modalities = select_modalities(self.data.modality_names, cfg.modalities)
+        specs = {m: self.data.modalities[m] for m in self.modalities}
+        self.balancer = build_balancer(cfg.balancer.name, cfg.balancer_params(), self.modalities)
+        self.model = build_model(specs, self.data.num_classes, cfg.model).to(self.device)
+        self.balancer.bind_model(self.model)
+        extra = self.balancer.extra_modules()
+        self.extra = extra.to(self.device) if extra is not None else nn.Module()
+        params = [*self.model.parameters(), *self.extra.parameters()]
+        o = cfg.optim
+        if o.name == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
+        pin = self.device.type == "cuda"
+        self.eval_loaders = {
+            split: DataLoader(getattr(self.data, split), batch_size=max(o.batch_size, 256), shuffle=False,
+                              num_workers=cfg.num_workers, pin_memory=pin)
+            for split in ("val", "test")
+        }
+        steps = math.ceil(len(self.data.train) / o.batch_size)
+        self.state = State(
+            model=self.model, optimizer=self.optimizer, modalities=self.modalities,
+            num_classes=self.data.num_classes, num_epochs=cfg.epochs, steps_per_epoch=steps,
+            loss_setting=cfg.loss_setting, device=self.device, train_loader=self._train_loader(0),
+        )
+        probe_inputs, probe_labels = next(iter(DataLoader(self.data.val, batch_size=min(64, len(self.data.val)))))
+        self.dynamics = DynamicsTracker(self._to_device(probe_inputs), probe_labels.to(self.device), seed=cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # next epoch to run (0-based)
+        self.balancer.on_fit_start(self.state)
+
+    # ------------------------------------------------------------------ data
+    def _train_loader(self, epoch: int) -> DataLoader:
+        # A generator seeded per epoch makes the shuffle order reproducible after a resume.
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        return DataLoader(self.data.train, batch_size=self.cfg.optim.batch_size,
+                          sampler=RandomSampler(self.data.train, generator=gen), num_workers=self.cfg.num_workers,
+                          pin_memory=self.device.type == "cuda", drop_last=False)
+
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: inputs[m].to(self.device, non_blocking=True).float() for m in self.modalities}
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+        s, b = self.state, self.balancer
+        s.inputs, s.labels = self._to_device(inputs), labels.to(self.device)
+        s.targets, s.unimodal_targets, s.loss_terms = [(1.0, s.labels)], {}, {}
+        b.on_batch_start(s)
+        s.features = b.transform_features(self.model.encode(s.inputs), training=True)
+        b.after_encode(s)
+        s.fused_logits = self.model.fuse(s.features)
+        probe_only = self.cfg.loss_setting == "multimodal"
+        s.unimodal_logits = self.model.unimodal_logits(s.features, detach_probe=probe_only)
+        objective = mixed_cross_entropy(s.fused_logits, s.targets)
+        uni = {m: mixed_cross_entropy(s.unimodal_logits[m], s.unimodal_targets.get(m, s.targets))
+               for m in self.modalities}
+        if not probe_only:
+            objective = objective + sum(uni.values())
+        s.loss = objective
+        b.after_loss(s)  # balancers may add terms to s.loss
+        if not torch.isfinite(s.loss):
+            raise TrialDiverged(f"loss is {float(s.loss.detach())} at epoch {s.epoch + 1}, step {s.step}")
+        total = s.loss + (sum(uni.values()) if probe_only and self.model.unimodal_head == "separate" else 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        b.after_backward(s)  # balancers may change gradients
+        self.optimizer.step()
+        b.after_step(s)
+        s.step += 1
+        return float(s.loss.detach())
+
+    def train_epoch(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        s = self.state
+        s.epoch, s.training = self.epoch, True
+        s.train_loader = self._train_loader(self.epoch)
+        self.model.train()
+        self.extra.train()
+        self.balancer.reset_epoch_metrics()
+        self.balancer.on_epoch_start(s)
+        losses, n = 0.0, 0
+        for inputs, labels in s.train_loader:
+            losses += self.train_step(inputs, labels) * len(labels)
+            n += len(labels)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.balancer.on_epoch_end(s)
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": losses / max(n, 1), "lr": lr}
+        for split in ("val", "test"):
+            record.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
+        record.update(self.dynamics.measure(self.model, self.epoch))
+        record.update(self.balancer.epoch_metrics())
+        record["epoch_time_s"] = time.perf_counter() - start
+        self.history.append(record)
+        self.epoch += 1
+        return record
+
+    def fit(self, on_epoch: Callable[[dict[str, Any], "Trainer"], None] | None = None) -> dict[str, Any]:
+        while self.epoch < self.cfg.epochs:
+            record = self.train_epoch()
+            if on_epoch is not None:
+                on_epoch(record, self)
+        return self.result()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        self.model.eval()
+        self.extra.eval()
+        fused, uni, labels = [], {m: [] for m in self.modalities}, []
+        for inputs, y in self.eval_loaders[split]:
+            feats = self.balancer.transform_features(self.model.encode(self._to_device(inputs)), training=False)
+            fused.append(self.model.fuse(feats).argmax(1).cpu())
+            for m, logits in self.model.unimodal_logits(feats).items():
+                uni[m].append(logits.argmax(1).cpu())
+            labels.append(y)
+        return torch.cat(fused), {m: torch.cat(v) for m, v in uni.items()}, torch.cat(labels)
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        fused, uni, labels = self.predict(split)
+        out = {"acc": accuracy(fused, labels), "f1": macro_f1(fused, labels, self.data.num_classes)}
+        out.update({f"acc_{m}": accuracy(p, labels) for m, p in uni.items()})
+        return out
+
+    def best(self) -> dict[str, Any]:
+        """The epoch with the best selection metric (earliest on ties) and its test metrics."""
+        if not self.history:
+            return {}
+        key = f"{self.cfg.selection}_acc"
+        best = max(self.history, key=lambda r: (r[key], -r["epoch"]))
+        out = {k: v for k, v in best.items() if k == "epoch" or k.startswith(("val_", "test_"))}
+        out["selection"] = self.cfg.selection
+        return out
+
+    def result(self) -> dict[str, Any]:
+        return {"config": self.cfg.to_dict(), "history": self.history, "best": self.best()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "extra": self.extra.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "balancer": self.balancer.state_dict(), "epoch": self.epoch, "step": self.state.step,
+            "history": self.history, "dynamics_prev": self.dynamics.prev, "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.extra.load_state_dict(sd["extra"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.scheduler.load_state_dict(sd["scheduler"])
+        self.balancer.load_state_dict(sd["balancer"])
+        self.epoch, self.state.step, self.history = sd["epoch"], sd["step"], list(sd["history"])
+        self.dynamics.prev = dict(sd["dynamics_prev"])
+        torch.set_rng_state(sd["torch_rng"])
+
+    def save(self, path: str) -> None:
+        torch.save(self.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        # weights_only: a checkpoint is data, never code to execute.
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
