@@ -139,8 +139,8 @@ class CAL(Balancer):
             return
         kl = sum(self.p.beta0 * (1 - self.weights[m]) * gaussian_kl(*self.stats[m]) for m in self.modalities)
         state.loss = state.loss + kl
-        state.loss_terms["cal_kl"] = float(kl)
-        self.avg.add(cal_kl=float(kl))
+        state.loss_terms["cal_kl"] = float(kl.detach())
+        self.avg.add(cal_kl=float(kl.detach()))
 
     def epoch_metrics(self) -> dict[str, Any]:
         return self.avg.means()

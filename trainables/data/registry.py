@@ -16,8 +16,7 @@ def register_dataset(name: str, params: type[BaseModel], build: Callable[[BaseMo
 
 
 def _ensure_builtin() -> None:
-    if not _DATASETS:
-        from trainables.data import synthetic  # noqa: F401  (registers itself)
+    from trainables.data import synthetic  # noqa: F401  (registers itself on first import)
 
 
 def dataset_names() -> list[str]:
