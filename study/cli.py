@@ -12,7 +12,7 @@ def _debug(args: argparse.Namespace) -> int:
 
     raw: dict = {}
     if args.from_run:
-        from study.mlflow_store import trial_config_from_run
+        from study.tracking import trial_config_from_run
 
         raw = trial_config_from_run(args.from_run, args.tracking_uri)
     flags = {"balancer": args.balancer, "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed,

@@ -1,0 +1,150 @@
+"""Real Ray Tune + Optuna + MLflow on tiny models (no mocks)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.config import load_study_config
+from study.runner import list_studies, run_study
+
+pytestmark = pytest.mark.integration
+
+TINY_TRIAL = {"epochs": 3, "dataset": {"name": "synthetic", "size": "tiny", "n_train": 96, "n_val": 48, "n_test": 48},
+              "model": {"feature_dim": 8}, "optim": {"batch_size": 32}}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def study_raw(tmp_path, name, **extra):
+    raw = {"name": name, "trial": TINY_TRIAL, "storage_path": str(tmp_path / "runs"),
+           "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "num_samples": 4, "max_concurrent": 2,
+           "search_space": "redreg", "asha": {"grace_period": 1, "reduction_factor": 2}}
+    raw.update(extra)
+    return raw
+
+
+def children(client, study_dir):
+    info = json.loads((Path(study_dir) / "study.json").read_text())
+    runs = client.search_runs([info["experiment_id"]],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{info['parent_run_id']}'")
+    return info, runs
+
+
+def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local):
+    cfg = load_study_config(None, raw=study_raw(tmp_path, "search", seeds=[0, 1]))
+    results = run_study(cfg, verbose=0)
+    assert len(results) == 4 and not results.errors
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    info, runs = children(client, cfg.study_dir())
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.data.tags["mmstudy.study"] == "search" and parent.data.tags["mmstudy.dataset"] == "synthetic/tiny"
+    assert len(parent.data.tags["mmstudy.config_hash"]) == 12 and "mmstudy.git_commit" in parent.data.tags
+    assert parent.data.params["searcher"] == "tpe" and parent.info.status == "FINISHED"
+    artifacts = [a.path for a in client.list_artifacts(info["parent_run_id"])]
+    assert "study.yaml" in artifacts
+    assert len(runs) == 4
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mmstudy.status"] in ("finished", "pruned")
+        assert params["balancer.name"] == "redreg" and params["seeds"] == "[0, 1]"
+        assert 0 < float(params["balancer.tau_min"]) < float(params["balancer.tau_max"]) < 1
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        steps = [m.step for m in history]
+        assert steps == sorted(set(steps)) and steps[0] == 1
+        assert "gate_open_frac" in run.data.metrics and "rlc_audio" in run.data.metrics
+        assert "best_test_acc" in run.data.metrics and "best_test_acc_std" in run.data.metrics
+        if tags["mmstudy.status"] == "pruned":
+            assert run.info.status == "KILLED" and len(steps) < 3
+        else:
+            assert run.info.status == "FINISHED" and len(steps) == 3
+    rows = list_studies(str(tmp_path / "runs"))
+    assert rows[0]["name"] == "search" and rows[0]["trials"] == 4 and rows[0]["status"] == "finished"
+
+
+def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local):
+    space = {"balancer": "redreg", "params": {"gamma": {"low": 0, "high": 2, "grid": [0.0, 1.0]},
+                                              "beta": {"low": 0.1, "high": 2, "grid": [0.5, 1.5]}}}
+    raw = study_raw(tmp_path, "sens", mode="sensitivity", search_space=space,
+                    loss_settings=["multimodal", "multimodal+unimodal"], trial=dict(TINY_TRIAL, epochs=1))
+    cfg = load_study_config(None, raw=raw)
+    run_study(cfg, verbose=0)
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    _, runs = children(client, cfg.study_dir())
+    got = sorted((r.data.tags["mmstudy.sweep_param"], float(r.data.tags["mmstudy.sweep_value"]),
+                  r.data.params["loss_setting"], float(r.data.params["balancer.gamma"]),
+                  float(r.data.params["balancer.beta"])) for r in runs)
+    expected = sorted([("balancer.gamma", g, s, g, 0.9) for g in (0.0, 1.0) for s in ("multimodal", "multimodal+unimodal")]
+                      + [("balancer.beta", b, s, 0.5, b) for b in (0.5, 1.5) for s in ("multimodal", "multimodal+unimodal")])
+    assert got == expected
+
+
+def test_bad_study_config_creates_nothing(tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps(study_raw(tmp_path, "bad", num_samples=0)))
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "run", str(bad)], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "num_samples: Input should be greater than or equal to 1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def _finished_trials(tune_dir: Path, epochs: int) -> dict[str, int]:
+    out = {}
+    for result in tune_dir.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and lines[-1].get("training_iteration") == epochs:
+            out[result.parent.name] = len(lines)
+    return out
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    raw = study_raw(tmp_path, "killed", num_samples=5, max_concurrent=1, scheduler="none",
+                    trial=dict(TINY_TRIAL, epochs=3, dataset=dict(TINY_TRIAL["dataset"], n_train=192)))
+    config = tmp_path / "killed.yaml"
+    config.write_text(json.dumps(raw))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(config), "--verbose", "0"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    tune_dir = tmp_path / "runs" / "killed" / "tune"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_finished_trials(tune_dir, 3)) < 2:
+        time.sleep(0.5)
+    assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-2000:]
+    os.kill(driver.pid, signal.SIGKILL)  # the driver dies mid-study
+    driver.wait()
+    time.sleep(2)
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)  # reap the local Ray processes it had started
+    except ProcessLookupError:
+        pass
+    before = _finished_trials(tune_dir, 3)
+    assert 2 <= len(before) < 5
+    resume = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(tmp_path / "runs" / "killed"),
+                             "--verbose", "0"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
+    assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
+    after = _finished_trials(tune_dir, 3)
+    assert len(after) == 5
+    for trial, lines in before.items():
+        assert after[trial] == lines, f"{trial} was re-run"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    _, runs = children(client, tmp_path / "runs" / "killed")
+    assert len(runs) == 5 and len({r.data.tags["mmstudy.trial_id"] for r in runs}) == 5
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == [1, 2, 3], steps
+        assert run.info.status == "FINISHED"

@@ -1,0 +1,80 @@
+"""The Ray Tune trainable: a thin adapter from a sampled point to the trainer.
+
+Seeds of one configuration train in lockstep inside one trial, so the searcher and ASHA see the mean over
+seeds at every epoch, and the spread is reported with it. A checkpoint per epoch holds every seed's
+trainer state, so a paused, failed or restored trial continues where it stopped.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import tempfile
+from typing import Any
+
+from ray import tune
+
+from search_spaces import apply_point
+from trainables.config import build_trial_config
+from trainables.data.base import DatasetBundle
+from trainables.trainer import Trainer, TrialDiverged
+
+SPREAD_KEYS = ("val_acc", "test_acc", "val_f1", "test_f1")
+
+
+def trial_point(config: dict[str, Any]) -> dict[str, Any]:
+    """The sampled point of a Tune config: flat dotted keys (Optuna) or under 'point' (grids)."""
+    return dict(config.get("point", config))
+
+
+def trial_configs(base: dict[str, Any], point: dict[str, Any], seeds: list[int]):
+    raw = apply_point(base, point)
+    return [build_trial_config(raw, {"seed": s}) for s in seeds]
+
+
+def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of every numeric per-epoch value; std for the headline metrics; best-epoch
+    metrics (selected on validation per seed) as best_* with their spread."""
+    out: dict[str, Any] = {"num_seeds": len(records)}
+    for key in records[0]:
+        values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        if len(values) == len(records):
+            out[key] = statistics.fmean(values)
+        elif isinstance(records[0][key], str):
+            out[key] = statistics.mode(r[key] for r in records)
+    for key in SPREAD_KEYS:
+        out[f"{key}_std"] = statistics.pstdev([r[key] for r in records]) if len(records) > 1 else 0.0
+    for key in bests[0]:
+        values = [b[key] for b in bests if isinstance(b.get(key), (int, float))]
+        if len(values) == len(bests):
+            out[f"best_{key}"] = statistics.fmean(values)
+            if key.startswith(("val_acc", "test_acc", "test_f1")):
+                out[f"best_{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
+              data: DatasetBundle | None = None) -> None:
+    point = trial_point(config)
+    trainers = [Trainer(cfg, data=data) for cfg in trial_configs(base or {}, point, seeds or [0])]
+    seeds = seeds or [0]
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            for seed, trainer in zip(seeds, trainers):
+                trainer.load(os.path.join(folder, f"seed_{seed}.pt"))
+    epochs = trainers[0].cfg.epochs
+    while trainers[0].epoch < epochs:
+        try:
+            records = [t.train_epoch() for t in trainers]
+        except TrialDiverged as err:
+            nan = math.nan
+            tune.report({"diverged": 1.0, "status_reason": str(err), "epoch": trainers[0].epoch + 1,
+                         "val_acc": nan, "best_val_acc": nan, "val_f1": nan, "best_val_f1": nan})
+            return
+        metrics = summarize(records, [t.best() for t in trainers])
+        metrics["diverged"] = 0.0
+        with tempfile.TemporaryDirectory() as folder:
+            for seed, trainer in zip(seeds, trainers):
+                trainer.save(os.path.join(folder, f"seed_{seed}.pt"))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
