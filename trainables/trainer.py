@@ -51,13 +51,15 @@ def select_modalities(available: list[str], wanted: list[str] | None) -> list[st
     return [m for m in available if m in wanted]
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seeds every RNG. Deterministic kernels on CPU (same seed, same metrics); on a GPU the fast
+    cuDNN autotuned kernels are kept instead (runs are seeded but not bit-identical)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if torch.backends.cudnn.is_available():
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.benchmark = not deterministic
 
 
 def mixed_cross_entropy(logits: torch.Tensor, targets: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
@@ -68,8 +70,8 @@ def mixed_cross_entropy(logits: torch.Tensor, targets: list[tuple[float, torch.T
 class Trainer:
     def __init__(self, cfg: TrialConfig, data: DatasetBundle | None = None):
         self.cfg = cfg
-        seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed, deterministic=self.device.type == "cpu")
         self.data = data if data is not None else build_dataset(cfg.dataset.name, cfg.dataset_params())
         self.modalities = select_modalities(self.data.modality_names, cfg.modalities)
         specs = {m: self.data.modalities[m] for m in self.modalities}
