@@ -55,6 +55,17 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from analysis.report import build_report
+
+    result = build_report(args.study, args.out, args.tracking_uri, log_to_mlflow=not args.no_mlflow)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
+    print(f"report for {args.study} ({counts}) written to {result['out_dir']}:")
+    for name in result["files"]:
+        print(f"  {name}")
+    return 0
+
+
 def add_commands(sub) -> None:
     r = sub.add_parser("run", help="run a study: Ray Tune + Optuna (+ ASHA), logged to MLflow")
     r.add_argument("config", help="study YAML, e.g. study/configs/smoke.yaml")
@@ -68,6 +79,13 @@ def add_commands(sub) -> None:
     s.add_argument("study_dir")
     s.add_argument("--verbose", type=int, default=1)
     s.set_defaults(func=_resume)
+
+    rp = sub.add_parser("report", help="sensitivity/dynamics/importance figures, Table-I comparison, report.md")
+    rp.add_argument("study", help="a study folder (runs/NAME) or an MLflow experiment name")
+    rp.add_argument("--out", help="output folder (default: STUDY_DIR/report)")
+    rp.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's own)")
+    rp.add_argument("--no-mlflow", action="store_true", help="do not log the report on the parent run")
+    rp.set_defaults(func=_report)
 
     ls = sub.add_parser("list", help="studies with status, trial counts and best result")
     ls.add_argument("--storage-path", default=os.environ.get("MMSTUDY_STORAGE", "runs"))

@@ -10,8 +10,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from search_spaces import SearchSpace, load_space, sensitivity_points, validate_space
-from trainables.config import ConfigError, build_trial_config, deep_merge, format_validation_error, parse_overrides
+from search_spaces import SearchSpace, apply_point, load_space, sensitivity_points, validate_space
+from trainables.config import (ConfigError, build_trial_config, deep_merge, flatten, format_validation_error,
+                               parse_overrides)
 
 
 class Strict(BaseModel):
@@ -39,7 +40,7 @@ class SensitivityConfig(Strict):
 
 class StudyConfig(Strict):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    mode: Literal["search", "sensitivity"] = "search"
+    mode: Literal["search", "sensitivity", "compare"] = "search"
     trial: dict[str, Any] = Field(default_factory=dict, description="the base trial config")
     loss_settings: list[Literal["multimodal", "multimodal+unimodal"]] = Field(default_factory=lambda: ["multimodal"])
     search_space: str | dict[str, Any] | None = None
@@ -58,6 +59,8 @@ class StudyConfig(Strict):
     experiment_name: str | None = Field(None, description="MLflow experiment (default: mmstudy/NAME)")
     ray_address: str | None = Field(None, description="default: $RAY_ADDRESS, else a local Ray")
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="compare mode: named trial overrides (e.g. methods), run x loss_settings")
 
     @field_validator("seeds")
     @classmethod
@@ -121,6 +124,12 @@ def load_study_config(path: str | None, overrides: list[str] | None = None, raw:
     return cfg
 
 
+def compare_points(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Compare mode: every named variant under every loss setting (Table I rows)."""
+    return [{"sweep_param": "variant", "sweep_value": name, **flatten(overrides), "loss_setting": setting}
+            for name, overrides in cfg.variants.items() for setting in cfg.loss_settings]
+
+
 def check_study(cfg: StudyConfig) -> None:
     """Everything that can be checked without running: the base trial, the space, the grids."""
     base = cfg.base_trial()
@@ -133,7 +142,15 @@ def check_study(cfg: StudyConfig) -> None:
         raise ConfigError(f"search_space: space is for balancer '{space.balancer}' but trial.balancer.name is "
                           f"'{build_trial_config(base).balancer.name}'")
     validate_space(space, base)
-    if cfg.mode == "sensitivity":
+    if cfg.mode == "compare":
+        if not cfg.variants:
+            raise ConfigError("variants: compare mode needs at least one named variant (e.g. none: {balancer: {name: none}})")
+        for point in compare_points(cfg):
+            try:
+                build_trial_config(apply_point(base, point))
+            except ConfigError as err:
+                raise ConfigError(f"variants.{point['sweep_value']}: {err}") from None
+    elif cfg.mode == "sensitivity":
         sensitivity_points(space, base, cfg.sensitivity.params, cfg.loss_settings)
     elif cfg.searcher == "grid":
         from search_spaces import grid_points

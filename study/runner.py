@@ -51,10 +51,14 @@ def build_search(cfg: StudyConfig, base: dict[str, Any]):
     space = cfg.space()
     epochs = build_trial_config(base).epochs
     scheduler = None
-    if cfg.scheduler == "asha" and cfg.mode == "search" and cfg.searcher != "grid":
+    if cfg.scheduler == "asha" and cfg.mode == "search" and cfg.searcher != "grid":  # grids run every point fully
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                   grace_period=min(cfg.asha.grace_period, epochs),
                                   reduction_factor=cfg.asha.reduction_factor)
+    if cfg.mode == "compare":
+        from study.config import compare_points
+
+        return {"point": tune.grid_search(compare_points(cfg))}, None, None, 1
     if cfg.mode == "sensitivity":
         points = sensitivity_points(space, base, cfg.sensitivity.params, cfg.loss_settings)
         return {"point": tune.grid_search(points)}, None, None, 1
@@ -124,6 +128,40 @@ def read_study_file(study_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def start_records(cfg: StudyConfig, client, experiment_id: str, config_path: str | None, study_dir: Path,
+                  uri: str) -> dict[str, Any]:
+    """The parent MLflow run and the study folder -- both or neither: a failure here removes what was made."""
+    trial = build_trial_config(cfg.base_trial())
+    parent_id = None
+    try:
+        parent = client.create_run(experiment_id, run_name=cfg.name, tags={
+            "mmstudy.study": cfg.name, "mmstudy.kind": "study", "mmstudy.mode": cfg.mode,
+            "mmstudy.git_commit": git_commit(),
+            "mmstudy.dataset": f"{trial.dataset.name}/{trial.dataset.params().get('size', '')}",
+            "mmstudy.balancer": trial.balancer.name, "mmstudy.config_hash": cfg.config_hash(),
+            "mmstudy.study_dir": str(study_dir), "mmstudy.status": "running"})
+        parent_id = parent.info.run_id
+        log_params(client, parent_id, flatten(cfg.model_dump(mode="json")))
+        study_dir.mkdir(parents=True, exist_ok=True)
+        (study_dir / "study.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        if config_path:
+            client.log_artifact(parent_id, config_path)
+        client.log_artifact(parent_id, str(study_dir / "study.yaml"))
+        info = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "tracking_uri": uri,
+                "experiment_id": experiment_id, "experiment_name": cfg.resolved_experiment(),
+                "parent_run_id": parent_id, "status": "running", "created": time.time(), "epochs": trial.epochs}
+        write_study_file(study_dir, info)
+        return info
+    except BaseException:
+        if parent_id is not None:
+            try:
+                client.delete_run(parent_id)
+            except Exception:  # noqa: BLE001
+                pass
+        shutil.rmtree(study_dir, ignore_errors=True)
+        raise
+
+
 # ----------------------------------------------------------------------------- run / resume
 
 
@@ -144,23 +182,9 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 1
         trainable = trainable_for(cfg, base)
         param_space, search_alg, scheduler, num_samples = build_search(cfg, base)
         experiment_id = ensure_experiment(client, cfg.resolved_experiment())
+        info = start_records(cfg, client, experiment_id, config_path, study_dir, uri)
+        parent_id = info["parent_run_id"]
         trial = build_trial_config(base)
-        parent = client.create_run(experiment_id, run_name=cfg.name, tags={
-            "mmstudy.study": cfg.name, "mmstudy.kind": "study", "mmstudy.mode": cfg.mode,
-            "mmstudy.git_commit": git_commit(), "mmstudy.dataset": f"{trial.dataset.name}/{trial.dataset.params().get('size', '')}",
-            "mmstudy.balancer": trial.balancer.name, "mmstudy.config_hash": cfg.config_hash(),
-            "mmstudy.study_dir": str(study_dir), "mmstudy.status": "running"})
-        parent_id = parent.info.run_id
-        log_params(client, parent_id, flatten(cfg.model_dump(mode="json")))
-        study_dir.mkdir(parents=True, exist_ok=True)
-        (study_dir / "study.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        if config_path:
-            client.log_artifact(parent_id, config_path)
-        client.log_artifact(parent_id, str(study_dir / "study.yaml"))
-        info = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "tracking_uri": uri,
-                "experiment_id": experiment_id, "experiment_name": cfg.resolved_experiment(),
-                "parent_run_id": parent_id, "status": "running", "created": time.time(), "epochs": trial.epochs}
-        write_study_file(study_dir, info)
         callback = MlflowStudyCallback(uri, experiment_id, parent_id, cfg.name, base, list(cfg.seeds), trial.epochs)
         tuner = tune.Tuner(
             trainable,

@@ -8,6 +8,7 @@ on resume and no pruned/diverged status, which is why this exists.
 from __future__ import annotations
 
 import json
+import re
 import logging
 import math
 import subprocess
@@ -63,8 +64,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def mlflow_key(key: str) -> str:
+    """MLflow keys allow alphanumerics, _ - . space : / only."""
+    return re.sub(r"[^\w\-. :/]", "_", key)
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)[:6000]) for k, v in params.items()]
+    items = [Param(mlflow_key(k), json.dumps(v) if isinstance(v, (list, dict)) else str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i:i + 100])
 
@@ -77,7 +83,7 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, bool):
             value = float(value)
         if isinstance(value, (int, float)):
-            out[key.replace("/", ".")] = float(value)
+            out[mlflow_key(key.replace("/", "."))] = float(value)
     return out
 
 

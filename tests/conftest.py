@@ -19,3 +19,13 @@ def small_overrides(**extra):
 @pytest.fixture
 def tiny_raw():
     return small_overrides()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for every in-process integration test (token auth stays on, Ray's default)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

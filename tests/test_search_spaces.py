@@ -83,3 +83,11 @@ def test_grid_searcher_points_drop_constraint_violations():
                         "constraints": ["tau_min < tau_max"]})
     points = grid_points(space, BASE)
     assert {(p["balancer.tau_min"], p["balancer.tau_max"]) for p in points} == {(0.1, 0.3), (0.1, 0.6), (0.4, 0.6)}
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parent.parent / "study" / "configs").glob("*.yaml")))
+def test_every_shipped_study_config_validates(path):
+    from study.config import load_study_config
+
+    cfg = load_study_config(str(path))
+    assert cfg.name == path.stem

@@ -19,15 +19,6 @@ TINY_TRIAL = {"epochs": 3, "dataset": {"name": "synthetic", "size": "tiny", "n_t
               "model": {"feature_dim": 8}, "optim": {"batch_size": 32}}
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def study_raw(tmp_path, name, **extra):
     raw = {"name": name, "trial": TINY_TRIAL, "storage_path": str(tmp_path / "runs"),
            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "num_samples": 4, "max_concurrent": 2,

@@ -89,7 +89,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         pin = self.device.type == "cuda"
         self.eval_loaders = {
-            split: DataLoader(getattr(self.data, split), batch_size=max(o.batch_size, 256), shuffle=False,
+            split: DataLoader(getattr(self.data, split), batch_size=2 * o.batch_size, shuffle=False,
                               num_workers=cfg.num_workers, pin_memory=pin)
             for split in ("val", "test")
         }

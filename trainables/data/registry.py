@@ -16,7 +16,7 @@ def register_dataset(name: str, params: type[BaseModel], build: Callable[[BaseMo
 
 
 def _ensure_builtin() -> None:
-    from trainables.data import synthetic  # noqa: F401  (registers itself on first import)
+    from trainables.data import crema_d, synthetic  # noqa: F401  (each registers itself on first import)
 
 
 def dataset_names() -> list[str]:

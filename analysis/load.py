@@ -1,0 +1,113 @@
+"""Studies from MLflow into pandas: one row per trial, and per-epoch histories. Usable from a notebook:
+
+    from analysis import load_study, load_histories
+    trials = load_study("runs/quickstart")            # a study folder, or an MLflow experiment name
+    history = load_histories(trials, ["val_acc", "rlc_audio"])
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from trainables.config import ConfigError, flatten
+
+STUDY_FILE = "study.json"
+
+
+@dataclass
+class StudyRef:
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    config: dict[str, Any]
+    study_dir: str | None
+
+
+def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
+    """A study folder (reads study.json) or an MLflow experiment name / study name."""
+    path = Path(study)
+    if (path / STUDY_FILE).is_file():
+        info = json.loads((path / STUDY_FILE).read_text())
+        return StudyRef(info["name"], tracking_uri or info["tracking_uri"], info["experiment_id"],
+                        info["parent_run_id"], info["config"], str(path.resolve()))
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(study) or client.get_experiment_by_name(f"mmstudy/{study}")
+    if exp is None:
+        raise ConfigError(f"study: '{study}' is neither a study folder nor an MLflow experiment in {uri}")
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`mmstudy.kind` = 'study'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise ConfigError(f"study: experiment '{exp.name}' has no mmstudy study run")
+    parent = parents[0]
+    config_raw = {k: _parse(v) for k, v in parent.data.params.items()}
+    return StudyRef(parent.data.tags.get("mmstudy.study", exp.name), uri, exp.experiment_id, parent.info.run_id,
+                    _unflatten(config_raw), parent.data.tags.get("mmstudy.study_dir"))
+
+
+def _parse(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    from trainables.config import unflatten
+
+    return unflatten(flat)
+
+
+def child_runs(ref: StudyRef) -> list:
+    client = MlflowClient(tracking_uri=ref.tracking_uri)
+    return client.search_runs([ref.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{ref.parent_run_id}'", max_results=50000)
+
+
+def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """One row per trial: trial/run ids, status, seeds, loss setting, the sampled point, every resolved
+    parameter (as `param.<dotted key>`) and the final metrics (latest values, best_* at the best
+    validation epoch, mean and std over seeds)."""
+    ref = resolve_study(study, tracking_uri)
+    rows = []
+    for run in child_runs(ref):
+        tags = run.data.tags
+        point = json.loads(tags.get("mmstudy.point", "{}"))
+        config = json.loads(tags.get("mmstudy.trial_config", "{}"))
+        row: dict[str, Any] = {
+            "trial_id": tags.get("mmstudy.trial_id"), "run_id": run.info.run_id,
+            "status": tags.get("mmstudy.status", run.info.status.lower()),
+            "status_reason": tags.get("mmstudy.status_reason", ""),
+            "seeds": json.loads(tags.get("mmstudy.seeds", "[0]")), "num_seeds": len(json.loads(tags.get("mmstudy.seeds", "[0]"))),
+            "balancer": config.get("balancer", {}).get("name"), "loss_setting": config.get("loss_setting"),
+            "sweep_param": tags.get("mmstudy.sweep_param"), "sweep_value": _parse(tags.get("mmstudy.sweep_value", "null")),
+            "epochs_run": int(run.data.metrics.get("epoch", 0)),
+        }
+        row["point"] = {k: v for k, v in point.items() if not k.startswith("sweep_")}
+        row.update({f"param.{k}": v for k, v in flatten(config).items()})
+        row.update(run.data.metrics)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(study=ref.name, tracking_uri=ref.tracking_uri, parent_run_id=ref.parent_run_id,
+                       config=ref.config, study_dir=ref.study_dir)
+    return frame
+
+
+def load_histories(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Long per-epoch history: one row per (trial, epoch), one column per requested metric."""
+    client = MlflowClient(tracking_uri=trials.attrs["tracking_uri"])
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for _, trial in trials.iterrows():
+        for metric in metrics:
+            for m in client.get_metric_history(trial["run_id"], metric):
+                key = (trial["trial_id"], int(m.step))
+                rows.setdefault(key, {"trial_id": trial["trial_id"], "epoch": int(m.step)})[metric] = m.value
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.sort_values(["trial_id", "epoch"]).reset_index(drop=True) if not frame.empty else frame

@@ -1,0 +1,128 @@
+"""Report from real MLflow stores: one built by a tiny real study, one written with MlflowClient."""
+import json
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis import load_histories, load_study
+from analysis.report import build_report
+from analysis.tables import comparison_table, to_markdown
+from study.config import load_study_config
+from study.runner import run_study
+from trainables.config import ConfigError
+from trainables.tune_trainable import summarize
+
+TINY = {"epochs": 2, "dataset": {"name": "synthetic", "size": "tiny", "n_train": 96, "n_val": 48, "n_test": 48},
+        "model": {"feature_dim": 8}, "optim": {"batch_size": 32}}
+
+
+def assert_real_png(path, min_w=400, min_h=250):
+    img = mpimg.imread(path)
+    assert img.shape[0] >= min_h and img.shape[1] >= min_w, img.shape
+    assert float(np.std(img[..., :3])) > 0.02, "image is blank"
+
+
+@pytest.fixture(scope="module")
+def search_study(tmp_path_factory, ray_local):
+    tmp = tmp_path_factory.mktemp("report")
+    raw = {"name": "rep", "trial": TINY, "storage_path": str(tmp / "runs"), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+           "search_space": "redreg", "num_samples": 4, "scheduler": "none", "seeds": [0, 1],
+           "loss_settings": ["multimodal", "multimodal+unimodal"]}
+    cfg = load_study_config(None, raw=raw)
+    run_study(cfg, verbose=0)
+    return cfg
+
+
+def test_load_study_matches_the_tune_results(search_study):
+    trials = load_study(str(search_study.study_dir()))
+    assert len(trials) == 4 and set(trials["status"]) == {"finished"}
+    assert set(trials["loss_setting"]) <= {"multimodal", "multimodal+unimodal"}
+    tune_dir = search_study.study_dir() / "tune"
+    for _, row in trials.iterrows():
+        result = next(tune_dir.glob(f"*{row['trial_id']}*/result.json"))
+        last = json.loads(result.read_text().splitlines()[-1])
+        assert row["best_test_acc"] == pytest.approx(last["best_test_acc"])
+        assert row["param.balancer.gamma"] == pytest.approx(last["config"]["balancer.gamma"])
+        assert row["seeds"] == [0, 1] and row["epochs_run"] == 2
+    history = load_histories(trials, ["val_acc", "rlc_audio"])
+    assert len(history) == 8 and set(history["epoch"]) == {1, 2}
+
+
+def test_report_writes_real_figures_tables_and_logs_them(search_study, tmp_path):
+    result = build_report(str(search_study.study_dir()), str(tmp_path / "out"), command="mmstudy report rep")
+    out = tmp_path / "out"
+    for name in ("sensitivity.png", "dynamics.png", "importance.png"):
+        assert_real_png(out / name)
+    assert (out / "sensitivity.pdf").stat().st_size > 1000
+    md = (out / "report.md").read_text()
+    assert "mmstudy report rep" in md and "![sensitivity](sensitivity.png)" in md and "name: rep" in md
+    assert "| Method | Loss | Seeds | Accuracy |" in (out / "comparison.md").read_text()
+    client = MlflowClient(search_study.resolved_tracking_uri())
+    trials = load_study(str(search_study.study_dir()))
+    logged = {a.path for a in client.list_artifacts(trials.attrs["parent_run_id"], "report")}
+    assert {"report/report.md", "report/sensitivity.png", "report/comparison.csv"} <= logged
+    assert result["counts"] == {"finished": 4}
+
+
+def test_seed_summary_by_hand():
+    records = [{"val_acc": 0.5, "test_acc": 0.4, "val_f1": 0.5, "test_f1": 0.3, "dominant": "audio"},
+               {"val_acc": 0.7, "test_acc": 0.6, "val_f1": 0.5, "test_f1": 0.5, "dominant": "audio"}]
+    bests = [{"epoch": 2, "val_acc": 0.5, "test_acc": 0.4, "test_f1": 0.3}, {"epoch": 4, "val_acc": 0.7, "test_acc": 0.8, "test_f1": 0.5}]
+    out = summarize(records, bests)
+    assert out["val_acc"] == pytest.approx(0.6) and out["val_acc_std"] == pytest.approx(0.1)
+    assert out["best_test_acc"] == pytest.approx(0.6) and out["best_test_acc_std"] == pytest.approx(0.2)
+    assert out["best_epoch"] == 3 and out["dominant"] == "audio"
+
+
+def _fake_study(tmp_path, children):
+    """A study written with MlflowClient: parent + children carrying the tags mmstudy writes."""
+    uri = f"sqlite:///{tmp_path}/fake.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mmstudy/fake")
+    parent = client.create_run(exp, tags={"mmstudy.kind": "study", "mmstudy.study": "fake"})
+    client.log_param(parent.info.run_id, "mode", "compare")
+    for i, (name, setting, status, metrics) in enumerate(children):
+        run = client.create_run(exp, tags={
+            "mlflow.parentRunId": parent.info.run_id, "mmstudy.trial_id": f"t{i}", "mmstudy.status": status,
+            "mmstudy.sweep_param": "variant", "mmstudy.sweep_value": name, "mmstudy.seeds": "[0, 1, 2]",
+            "mmstudy.trial_config": json.dumps({"balancer": {"name": name}, "loss_setting": setting})})
+        for step, (key, value) in enumerate(metrics.items()):
+            client.log_metric(run.info.run_id, key, value, step=1)
+        client.log_metric(run.info.run_id, "epoch", 1, step=1)
+    return uri
+
+
+def test_comparison_table_numbers_and_bold_by_hand(tmp_path):
+    def m(acc, a, v):
+        return {"best_val_acc": acc, "best_test_acc": acc, "best_test_acc_std": 0.01, "best_test_acc_audio": a,
+                "best_test_acc_audio_std": 0.02, "best_test_acc_visual": v, "best_test_acc_visual_std": 0.03}
+    uri = _fake_study(tmp_path, [("none", "multimodal", "finished", m(0.70, 0.65, 0.30)),
+                                 ("redreg", "multimodal", "finished", m(0.75, 0.60, 0.45)),
+                                 ("bmm", "multimodal", "running", m(0.99, 0.99, 0.99))])
+    trials = load_study("fake", tracking_uri=uri)
+    table = comparison_table(trials)
+    assert list(table["method"]) == ["none", "redreg"]  # the running trial is not reported
+    assert list(table["gap"]) == pytest.approx([0.35, 0.15])
+    md = to_markdown(table)
+    assert "| redreg | MM | 3 | **75.00 ± 1.00** | 60.00 ± 2.00 | **45.00 ± 3.00** | **15.00** |" in md
+    assert "| none | MM | 3 | 70.00 ± 1.00 | **65.00 ± 2.00** | 30.00 ± 3.00 | 35.00 |" in md
+
+
+def test_report_on_a_running_study_covers_what_finished(tmp_path):
+    def m(acc):
+        return {"best_val_acc": acc, "best_test_acc": acc, "best_test_acc_audio": acc, "best_test_acc_visual": acc / 2}
+    uri = _fake_study(tmp_path, [("none", "multimodal", "finished", m(0.6)), ("redreg", "multimodal", "running", m(0.1))])
+    result = build_report("fake", str(tmp_path / "out"), tracking_uri=uri, command="x")
+    assert result["counts"] == {"finished": 1, "running": 1}
+    assert "still running" in (tmp_path / "out" / "report.md").read_text()
+    assert_real_png(tmp_path / "out" / "dynamics.png")
+
+
+def test_report_on_an_all_failed_study_is_a_clear_error(tmp_path):
+    uri = _fake_study(tmp_path, [("none", "multimodal", "failed", {"best_val_acc": 0.1}),
+                                 ("redreg", "multimodal", "diverged", {"best_val_acc": 0.1})])
+    with pytest.raises(ConfigError, match=r"study 'fake' has no finished trial yet \(1 failed, 1 diverged\)"):
+        build_report("fake", str(tmp_path / "out"), tracking_uri=uri)
+    assert not (tmp_path / "out").exists()
