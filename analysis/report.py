@@ -67,7 +67,7 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
 
     written += _save(sensitivity_figure(trials, space, name), out, "sensitivity", pdf=True)
 
-    table = comparison_table(trials)
+    table = comparison_table(trials, order=list((config.get("variants") or {}).keys()))
     table.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(to_markdown(table))
     written += ["comparison.csv", "comparison.md"]

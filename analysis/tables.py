@@ -23,7 +23,7 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def comparison_table(trials: pd.DataFrame, top: int = 12) -> pd.DataFrame:
+def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | None = None) -> pd.DataFrame:
     """One row per finished trial (best validation first): numbers are test metrics at the best validation
     epoch, averaged over the trial's seeds, with their std."""
     done = trials[trials["status"] == "finished"].copy()
@@ -32,9 +32,12 @@ def comparison_table(trials: pd.DataFrame, top: int = 12) -> pd.DataFrame:
     mods = modalities_of(done)
     if done["sweep_param"].isna().all():  # a search: the best configurations by validation accuracy
         done = done.sort_values("best_val_acc", ascending=False).head(top)
-    else:  # a grid (sensitivity, comparison): every point, in grid order
-        done = done.assign(_num=pd.to_numeric(done["sweep_value"], errors="coerce"), _txt=done["sweep_value"].astype(str))
-        done = done.sort_values(["sweep_param", "loss_setting", "_num", "_txt"])
+    else:  # a grid (sensitivity, comparison): every point, in the config's order within each loss setting
+        rank = {name: i for i, name in enumerate(order or [])}
+        done = done.assign(_rank=done["sweep_value"].map(lambda v: rank.get(v, len(rank))),
+                           _num=pd.to_numeric(done["sweep_value"], errors="coerce"),
+                           _txt=done["sweep_value"].astype(str))
+        done = done.sort_values(["loss_setting", "sweep_param", "_rank", "_num", "_txt"])
     out = pd.DataFrame({"method": done.apply(trial_label, axis=1), "loss_setting": done["loss_setting"],
                         "seeds": done["num_seeds"], "val_acc": done["best_val_acc"],
                         "acc": done["best_test_acc"], "acc_std": done.get("best_test_acc_std", 0.0)})
@@ -47,24 +50,26 @@ def comparison_table(trials: pd.DataFrame, top: int = 12) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """Markdown with mean +- std in percent; the best value of each column in bold (smallest |gap|)."""
+    """Markdown with mean +- std in percent; the best value of each column within each loss setting in
+    bold (for the gap: the smallest |gap|)."""
     if table.empty:
         return "_no finished trial_\n"
     metric_cols = ["acc"] + [c for c in table.columns if c.startswith("acc_") and not c.endswith("_std")]
     headers = ["Method", "Loss", "Seeds", "Accuracy"] + [f"Acc {c[4:]}" for c in metric_cols[1:]]
     if "gap" in table:
-        headers.append("Gap (|a - v|)")
+        headers.append("Gap (abs. a − v)")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    best = {c: table[c].max() for c in metric_cols}
-    best_gap = table["gap"].abs().min() if "gap" in table else None
-    for _, row in table.iterrows():
+    groups = table.groupby("loss_setting")
+    best = {c: groups[c].transform("max") for c in metric_cols}
+    best_gap = groups["gap"].transform(lambda g: g.abs().min()) if "gap" in table else None
+    for i, row in table.iterrows():
         cells = [str(row["method"]), "MM+UM*" if row["loss_setting"] == "multimodal+unimodal" else "MM",
                  str(int(row["seeds"]))]
         for c in metric_cols:
             text = f"{100 * row[c]:.2f} ± {100 * float(row.get(f'{c}_std', 0.0) or 0.0):.2f}"
-            cells.append(f"**{text}**" if row[c] == best[c] else text)
+            cells.append(f"**{text}**" if row[c] == best[c][i] else text)
         if "gap" in table:
             text = f"{100 * abs(row['gap']):.2f}"
-            cells.append(f"**{text}**" if abs(row["gap"]) == best_gap else text)
+            cells.append(f"**{text}**" if abs(row["gap"]) == best_gap[i] else text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

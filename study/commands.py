@@ -66,6 +66,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from study.config import load_study_config
+    from study.runner import read_study_file
+    from study.tracking import connect, sync_study
+
+    info = read_study_file(args.study_dir)
+    connect(info["tracking_uri"])
+    cfg = load_study_config(None, raw=info["config"])
+    counts = sync_study(Path(args.study_dir), info, cfg.base_trial(), list(cfg.seeds))
+    if info.get("status") == "finished":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=info["tracking_uri"])
+        client.set_tag(info["parent_run_id"], "mmstudy.status", "finished")
+        client.set_terminated(info["parent_run_id"], status="FINISHED")
+    print(f"synced {counts['trials']} trials into MLflow ({info['tracking_uri']}): {counts['epochs_logged']} "
+          f"epochs logged, {counts['closed']} runs closed")
+    return 0
+
+
 def add_commands(sub) -> None:
     r = sub.add_parser("run", help="run a study: Ray Tune + Optuna (+ ASHA), logged to MLflow")
     r.add_argument("config", help="study YAML, e.g. study/configs/smoke.yaml")
@@ -86,6 +108,10 @@ def add_commands(sub) -> None:
     rp.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's own)")
     rp.add_argument("--no-mlflow", action="store_true", help="do not log the report on the parent run")
     rp.set_defaults(func=_report)
+
+    sy = sub.add_parser("sync", help="bring a study's results into MLflow after the tracking server was down")
+    sy.add_argument("study_dir")
+    sy.set_defaults(func=_sync)
 
     ls = sub.add_parser("list", help="studies with status, trial counts and best result")
     ls.add_argument("--storage-path", default=os.environ.get("MMSTUDY_STORAGE", "runs"))

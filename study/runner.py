@@ -22,6 +22,9 @@ from study.tracking import MlflowStudyCallback, connect, ensure_experiment, git_
 from trainables.config import ConfigError, build_trial_config, flatten
 
 STUDY_FILE = "study.json"
+# A tracking server that stops answering must not stall the driver for minutes per call.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 TUNE_DIR = "tune"
 
 
@@ -34,6 +37,8 @@ def check_storage(study_dir: Path) -> None:
     probe_dir = parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ConfigError(f"storage_path: '{probe_dir}' is a file, not a folder")
     if not os.access(probe_dir, os.W_OK):
         raise ConfigError(f"storage_path: '{parent}' is not writable")
     free = shutil.disk_usage(probe_dir).free
@@ -262,6 +267,7 @@ def top_trials_table(results, metric: str, mode: str, k: int = 5) -> str:
             "best_test_acc_std"]
     keep = [c for c in keep if c in frame]
     frame = frame.sort_values("best_val_acc", ascending=(mode == "min"), na_position="last").head(k)[keep]
+    frame = frame.dropna(axis=1, how="all").drop(columns=["config/point/sweep_param"], errors="ignore")
     frame = frame.rename(columns=lambda c: c.replace("config/point/", "").replace("config/", "")
                          .replace("balancer.", "").replace("training_iteration", "epochs"))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4f}".format):

@@ -31,6 +31,7 @@ STUDY_TAG = "mmstudy.study"
 STATUS_TAG = "mmstudy.status"
 REASON_TAG = "mmstudy.status_reason"
 CONFIG_ARTIFACT = "trial_config.json"
+RETRY_AFTER_S = 30.0
 SKIP_METRICS = {"timestamp", "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "done",
                 "training_iteration", "time_this_iter_s", "checkpoint_dir_name"}
 
@@ -123,6 +124,7 @@ class MlflowStudyCallback(Callback):
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._failing_since: float | None = None
+        self._last_try = 0.0
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state; clients are not state
         state = dict(self.__dict__)
@@ -136,7 +138,12 @@ class MlflowStudyCallback(Callback):
         return self._client
 
     def _safely(self, what: str, fn, *args) -> Any:
-        """MLflow trouble must never stop trials: warn once per outage and carry on."""
+        """MLflow trouble must never stop trials: warn once per outage, then retry at most every
+        RETRY_AFTER_S seconds so a dead server does not stall the driver; `mmstudy sync` back-fills."""
+        now = time.time()
+        if self._failing_since is not None and now - self._last_try < RETRY_AFTER_S:
+            return None
+        self._last_try = now
         try:
             out = fn(*args)
             if self._failing_since is not None:
@@ -209,23 +216,24 @@ class MlflowStudyCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if last.get("diverged"):
-            status, reason = "diverged", str(last.get("status_reason", "loss is not finite"))
-        elif int(last.get("training_iteration", 0)) < self.epochs:
-            status, reason = "pruned", f"stopped by the scheduler after epoch {last.get('training_iteration', 0)}"
-        else:
-            status, reason = "finished", ""
+        status, reason = self.final_status(last)
         self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), status, reason, last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = last_error_line(trial)
+        reason = last_error_line(getattr(trial, "error_file", None))
         self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), "failed", reason,
                      trial.last_result or {})
 
+    def final_status(self, last: dict[str, Any]) -> tuple[str, str]:
+        if last.get("diverged"):
+            return "diverged", str(last.get("status_reason", "loss is not finite"))
+        if int(last.get("training_iteration", 0)) < self.epochs:
+            return "pruned", f"stopped by the scheduler after epoch {last.get('training_iteration', 0)}"
+        return "finished", ""
 
-def last_error_line(trial) -> str:
+
+def last_error_line(path: str | Path | None) -> str:
     text = ""
-    path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
         text = Path(path).read_text(errors="replace")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
@@ -234,3 +242,35 @@ def last_error_line(trial) -> str:
 
 def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def sync_study(study_dir: Path, info: dict[str, Any], base: dict[str, Any], seeds: list[int]) -> dict[str, int]:
+    """Replay the study folder's Tune results into MLflow: creates missing child runs, logs missing epochs,
+    closes finished/pruned/diverged/failed trials. Idempotent (steps already logged are skipped)."""
+    callback = MlflowStudyCallback(info["tracking_uri"], info["experiment_id"], info["parent_run_id"], info["name"],
+                                   base, seeds, int(info["epochs"]))
+    counts = {"trials": 0, "epochs_logged": 0, "closed": 0}
+    for trial_dir in sorted(p for p in (study_dir / "tune").iterdir() if (p / "params.json").is_file()):
+        point = trial_point(json.loads((trial_dir / "params.json").read_text()))
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()] \
+            if (trial_dir / "result.json").is_file() else []
+        if not results:
+            continue
+        trial_id = results[-1]["trial_id"]
+        counts["trials"] += 1
+        before = callback._last_step.get(trial_id)
+        callback.run_for(trial_id, point)
+        before = callback._last_step.get(trial_id, 0) if before is None else before
+        for result in results:
+            callback.log_result(trial_id, point, result)
+        counts["epochs_logged"] += callback._last_step.get(trial_id, 0) - before
+        error_file = trial_dir / "error.txt"
+        last = results[-1]
+        if error_file.is_file():
+            callback.close(trial_id, point, "failed", last_error_line(error_file), last)
+            counts["closed"] += 1
+        elif last.get("done") or last.get("diverged") or int(last.get("training_iteration", 0)) >= callback.epochs:
+            status, reason = callback.final_status(last)
+            callback.close(trial_id, point, status, reason, last)
+            counts["closed"] += 1
+    return counts

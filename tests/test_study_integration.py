@@ -139,3 +139,24 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert steps == [1, 2, 3], steps
         assert run.info.status == "FINISHED"
+
+
+def test_debug_from_run_reproduces_a_trials_exact_config(tmp_path, ray_local):
+    """seeds: [0] so the trial's logged numbers are one seed's, and debug must reproduce them on CPU."""
+    from study.cli import main
+
+    cfg = load_study_config(None, raw=study_raw(tmp_path, "fromrun", num_samples=2, scheduler="none", seeds=[0],
+                                                trial=dict(TINY_TRIAL, epochs=1)))
+    run_study(cfg, verbose=0)
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    _, runs = children(client, cfg.study_dir())
+    run = runs[0]
+    out = tmp_path / "debug"
+    assert main(["debug", "--from-run", run.info.run_id, "--tracking-uri", cfg.resolved_tracking_uri(),
+                 "--out", str(out)]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    expected = json.loads(run.data.tags["mmstudy.trial_config"])
+    assert {k: v for k, v in payload["config"].items() if k != "seed"} == expected
+    assert payload["config"]["seed"] == 0
+    # one seed, CPU: the same numbers (within one validation sample: Ray runs it with 1 thread, debug with more)
+    assert abs(payload["history"][0]["val_acc"] - run.data.metrics["val_acc"]) <= 1 / 48 + 1e-9

@@ -123,7 +123,7 @@ def format_validation_error(err: ValidationError, prefix: str = "", model: type[
         hint = difflib.get_close_matches(str(first["loc"][-1]), allowed, n=1)
         did_you_mean = f"; did you mean '{_join(prefix, first['loc'][:-1], hint[0])}'?" if hint else ""
         allowed_text = ", ".join(sorted(allowed)) if allowed else "none (this takes no parameters)"
-        return f"{field}: unknown key{did_you_mean}; allowed keys: {allowed_text}"
+        return f"{field}: unknown key{did_you_mean} (allowed keys: {allowed_text})"
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]

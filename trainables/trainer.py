@@ -72,7 +72,10 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed, deterministic=self.device.type == "cpu")
-        self.data = data if data is not None else build_dataset(cfg.dataset.name, cfg.dataset_params())
+        # A shared, pre-built dataset is used only if it was built from this trial's dataset config
+        # (a study may vary dataset fields per trial).
+        same = data is not None and (not data.spec or data.spec == cfg.to_dict()["dataset"])
+        self.data = data if same else build_dataset(cfg.dataset.name, cfg.dataset_params())
         self.modalities = select_modalities(self.data.modality_names, cfg.modalities)
         specs = {m: self.data.modalities[m] for m in self.modalities}
         self.balancer = build_balancer(cfg.balancer.name, cfg.balancer_params(), self.modalities)

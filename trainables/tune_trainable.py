@@ -55,9 +55,15 @@ def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dic
 
 def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
               data: DatasetBundle | None = None) -> None:
-    point = trial_point(config)
-    trainers = [Trainer(cfg, data=data) for cfg in trial_configs(base or {}, point, seeds or [0])]
     seeds = seeds or [0]
+    configs = trial_configs(base or {}, point=trial_point(config), seeds=seeds)
+    if data is not None and data.spec and data.spec != configs[0].to_dict()["dataset"]:
+        data = None  # this trial varies the dataset: build it once here, for all its seeds
+    if data is None:
+        from trainables.data.registry import build_dataset
+
+        data = build_dataset(configs[0].dataset.name, configs[0].dataset_params())
+    trainers = [Trainer(cfg, data=data) for cfg in configs]
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

@@ -43,6 +43,7 @@ class DatasetBundle:
     val: Dataset
     test: Dataset
     info: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)  # the resolved dataset config it was built from
 
     @property
     def modality_names(self) -> list[str]:

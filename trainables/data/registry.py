@@ -33,4 +33,6 @@ def dataset_params_model(name: str) -> type[BaseModel]:
 
 def build_dataset(name: str, params: BaseModel) -> DatasetBundle:
     _ensure_builtin()
-    return _DATASETS[name][1](params)
+    bundle = _DATASETS[name][1](params)
+    bundle.spec = {"name": name, **params.model_dump(mode="json")}
+    return bundle

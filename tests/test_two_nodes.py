@@ -1,0 +1,85 @@
+"""A two-node Ray cluster on this machine (`ray start --head`, then `ray start --address`): the study runs
+against it through `ray_address`, the worker node is killed mid-study, and its trial is rescheduled from its
+checkpoint on the head node (issue 7: lost worker)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.integration
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    port = _port()
+    # token authentication stays on: every node and the driver present the same token (~/.ray/auth_token)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
+                   capture_output=True, timeout=120)
+    worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                               "--node-ip-address=127.0.0.1", "--block"], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        status = subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], capture_output=True, text=True,
+                                env=env)
+        if status.stdout.count("node_") >= 2:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the worker node did not join")
+    yield f"127.0.0.1:{port}", worker, env
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGKILL)
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_lost_worker_node_trials_are_rescheduled_and_the_study_completes(tmp_path, two_nodes):
+    address, worker, env = two_nodes
+    raw = {"name": "twonode", "mode": "compare", "max_concurrent": 2, "max_failures": 3,
+           "trial": {"epochs": 6, "dataset": {"name": "synthetic", "size": "tiny", "n_train": 256, "n_val": 64, "n_test": 64},
+                     "model": {"feature_dim": 8}, "optim": {"batch_size": 32}},
+           "variants": {"a": {}, "b": {"optim": {"lr": 0.02}}}, "storage_path": str(tmp_path / "runs"),
+           "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "ray_address": address}
+    config = tmp_path / "twonode.yaml"
+    config.write_text(json.dumps(raw))
+    driver = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(config), "--verbose", "0"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    tune_dir = tmp_path / "runs" / "twonode" / "tune"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        progressed = [p for p in tune_dir.glob("*/result.json") if len(p.read_text().splitlines()) >= 2]
+        if len(progressed) == 2:
+            break
+        time.sleep(0.5)
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker node dies with a trial on it
+    out, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out[-4000:]
+    assert "2 trials, 0 errored" in out
+    restored = 0
+    for result in tune_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        assert rows[-1]["training_iteration"] == 6
+        # a trial restored from its checkpoint restarts `iterations_since_restore` but not its epochs
+        restored += any(r["iterations_since_restore"] < r["training_iteration"] for r in rows)
+    assert restored >= 1, "no trial was rescheduled: the killed node ran none"
+    info = json.loads((tmp_path / "runs" / "twonode" / "study.json").read_text())
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([info["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{info['parent_run_id']}'")
+    assert sorted(r.data.tags["mmstudy.status"] for r in runs) == ["finished", "finished"]
