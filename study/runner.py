@@ -95,7 +95,9 @@ def init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
+    # "local" always starts a fresh Ray: never attach by accident to a `ray start` cluster (or its stale
+    # address file) on this machine -- a cluster is used only when named.
+    kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": True}
     if address is None:
         kwargs.update(dashboard_host="127.0.0.1", include_dashboard=False)
     try:

@@ -29,7 +29,7 @@ def ray_local():
     # workers import the fault-injection balancers in tests/, as a user's PYTHONPATH=. would let them
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     pythonpath = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     yield
     ray.shutdown()

@@ -184,3 +184,20 @@ def test_mlflow_going_away_mid_study_loses_nothing(tmp_path):
         assert "0 epochs logged" in again.stdout
     finally:
         _stop(server)
+
+
+def test_a_diverged_trial_is_a_failed_trial_for_optuna(tmp_path, ray_local):
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = {"params": {"dataset.noise": {"type": "categorical", "choices": [1.0, 1.0e39]}}}
+    raw = {"name": "optdiv", "trial": TINY, "search_space": space, "searcher": "random", "scheduler": "none",
+           "num_samples": 6, "storage_path": str(tmp_path / "runs"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    cfg = load_study_config(None, raw=raw)
+    results = run_study(cfg, verbose=0)
+    assert len(results) == 6 and not results.errors  # the study went on
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(cfg.study_dir() / "tune"))
+    states = {}
+    for t in searcher._ot_study.trials:
+        states.setdefault(t.params["dataset.noise"], set()).add(t.state.name)
+    assert states.get(1.0e39) == {"FAIL"} and states.get(1.0) == {"COMPLETE"}, states

@@ -80,6 +80,18 @@ def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local
     expected = sorted([("balancer.gamma", g, s, g, 0.9) for g in (0.0, 1.0) for s in ("multimodal", "multimodal+unimodal")]
                       + [("balancer.beta", b, s, 0.5, b) for b in (0.5, 1.5) for s in ("multimodal", "multimodal+unimodal")])
     assert got == expected
+    # the report draws these exact grid points (not binned), one line per loss setting
+    from analysis import load_study
+    from analysis.plots import sensitivity_curves
+    from analysis.report import build_report
+    from search_spaces import load_space
+
+    curves, kind = sensitivity_curves(load_study(str(cfg.study_dir())), load_space(space))
+    assert kind == "exact" and set(curves) == {"balancer.gamma", "balancer.beta"}
+    assert set(curves["balancer.gamma"]) == {"multimodal", "multimodal+unimodal"}
+    assert list(curves["balancer.gamma"]["multimodal"]["x"]) == [0.0, 1.0]
+    out = build_report(str(cfg.study_dir()), str(tmp_path / "report"), command="mmstudy report sens")
+    assert "sensitivity.png" in out["files"] and "importance.png" not in out["files"]
 
 
 def test_bad_study_config_creates_nothing(tmp_path):

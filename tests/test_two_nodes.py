@@ -18,6 +18,32 @@ pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it (from /proc): a node's raylet, its object store and its workers."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def _kill_node(proc: subprocess.Popen) -> None:
+    for pid in _descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,9 +55,16 @@ def two_nodes(tmp_path):
     port = _port()
     # token authentication stays on: every node and the driver present the same token (~/.ray/auth_token)
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                    "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env,
-                   capture_output=True, timeout=120)
+    # --block keeps each node's processes in one process group we own: the teardown kills exactly these,
+    # never another Ray on the machine (`ray stop` would also kill the test session's own Ray).
+    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--node-ip-address=127.0.0.1",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], capture_output=True, env=env).returncode == 0:
+            break
+        time.sleep(1)
     worker = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
                                "--node-ip-address=127.0.0.1", "--block"], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -45,9 +78,8 @@ def two_nodes(tmp_path):
     else:
         pytest.fail("the worker node did not join")
     yield f"127.0.0.1:{port}", worker, env
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGKILL)
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    for proc in (worker, head):
+        _kill_node(proc)
 
 
 def test_lost_worker_node_trials_are_rescheduled_and_the_study_completes(tmp_path, two_nodes):
@@ -68,7 +100,7 @@ def test_lost_worker_node_trials_are_rescheduled_and_the_study_completes(tmp_pat
         if len(progressed) == 2:
             break
         time.sleep(0.5)
-    os.killpg(worker.pid, signal.SIGKILL)  # the worker node dies with a trial on it
+    _kill_node(worker)  # the worker node dies (raylet, object store, workers) with a trial on it
     out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out[-4000:]
     assert "2 trials, 0 errored" in out
