@@ -30,5 +30,10 @@ def param_importances(trials: pd.DataFrame, space: SearchSpace, target: str = "b
         params = {n: (str(row[f"param.{n}"]) if isinstance(dists[n], optuna.distributions.CategoricalDistribution)
                       else row[f"param.{n}"]) for n in names}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row[target])))
-    return optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    if done[target].nunique() < 2:
+        return {}  # every finished trial scored the same: nothing to attribute
+    try:
+        return optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except RuntimeError:  # fANOVA's "zero total variance in all trees"
+        return {}

@@ -109,5 +109,5 @@ def load_histories(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
             for m in client.get_metric_history(trial["run_id"], metric):
                 key = (trial["trial_id"], int(m.step))
                 rows.setdefault(key, {"trial_id": trial["trial_id"], "epoch": int(m.step)})[metric] = m.value
-    frame = pd.DataFrame(list(rows.values()))
-    return frame.sort_values(["trial_id", "epoch"]).reset_index(drop=True) if not frame.empty else frame
+    frame = pd.DataFrame(list(rows.values()), columns=["trial_id", "epoch", *metrics])
+    return frame.sort_values(["trial_id", "epoch"]).reset_index(drop=True)

@@ -33,7 +33,7 @@ def _save(fig, out: Path, name: str, pdf: bool = False) -> list[str]:
 
 
 def status_counts(trials: pd.DataFrame) -> dict[str, int]:
-    return trials["status"].value_counts().to_dict() if not trials.empty else {}
+    return dict(sorted(trials["status"].value_counts().to_dict().items())) if not trials.empty else {}
 
 
 def pick_dynamics_trials(trials: pd.DataFrame) -> dict[str, str]:
@@ -77,8 +77,9 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     keys = [f"{k}_{m}" for k in ("rlc", "dgr", "rs") for m in mods]
     history = load_histories(trials[trials["trial_id"].isin(list(picks))], keys)
     baseline_note = "" if any(v.startswith("baseline") for v in picks.values()) else " (no `none` trial in this study)"
-    written += _save(dynamics_figure(history, picks, mods, f"{name}: training dynamics, best trial vs baseline"
-                                     f"{baseline_note}"), out, "dynamics")
+    if history[keys].notna().any().any():
+        written += _save(dynamics_figure(history, picks, mods, f"{name}: training dynamics, best trial vs baseline"
+                                         f"{baseline_note}"), out, "dynamics")
 
     importances = param_importances(trials, space) if config.get("mode") == "search" else {}
     written += _save(importance_figure(importances, f"{name}: hyperparameter importance (Optuna fANOVA)"),
@@ -108,14 +109,17 @@ def render_markdown(name, config, counts, table, written, importances, command, 
     else:
         lines += ["## Sensitivity", "", "_No numeric parameter varied across finished trials._", ""]
     lines += ["## Comparison (Table I style)", "", to_markdown(table), ""]
-    lines += ["## Training dynamics (Fig. 1/3 style)", "", "![dynamics](dynamics.png)", ""]
+    lines += ["## Training dynamics (Fig. 1/3 style)", ""]
+    lines += (["![dynamics](dynamics.png)", ""] if "dynamics.png" in written
+              else ["_No RLC/DGR/RS traces were logged for the chosen trials._", ""])
     if importances:
         lines += ["## Hyperparameter importance", "", "![importance](importance.png)", "",
                   "| parameter | importance |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in importances.items()] + [""]
     else:
         lines += ["## Hyperparameter importance", "",
-                  "_Not computed: needs a search-mode study with at least 3 finished trials and a varied parameter._", ""]
+                  "_Not computed: needs a search-mode study with at least 3 finished trials, a varied parameter "
+                  "and some spread in their scores._", ""]
     lines += ["## Study config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
               f"MLflow: tracking URI `{attrs['tracking_uri']}`, parent run `{attrs['parent_run_id']}`.", ""]
     return "\n".join(lines)

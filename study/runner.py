@@ -72,7 +72,8 @@ def build_search(cfg: StudyConfig, base: dict[str, Any]):
         return {"point": tune.grid_search(points)}, None, scheduler, 1
 
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from study.searcher import DivergenceAwareOptunaSearch as OptunaSearch
 
     # Several loss settings in a search: the setting becomes one more categorical.
     extra = {"loss_setting": list(cfg.loss_settings)} if len(cfg.loss_settings) > 1 else None

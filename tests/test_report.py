@@ -14,7 +14,7 @@ from study.runner import run_study
 from trainables.config import ConfigError
 from trainables.tune_trainable import summarize
 
-TINY = {"epochs": 2, "dataset": {"name": "synthetic", "size": "tiny", "n_train": 96, "n_val": 48, "n_test": 48},
+TINY = {"epochs": 3, "dataset": {"name": "synthetic", "size": "tiny", "n_train": 256, "n_val": 48, "n_test": 48},
         "model": {"feature_dim": 8}, "optim": {"batch_size": 32}}
 
 
@@ -27,8 +27,11 @@ def assert_real_png(path, min_w=400, min_h=250):
 @pytest.fixture(scope="module")
 def search_study(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("report")
-    raw = {"name": "rep", "trial": TINY, "storage_path": str(tmp / "runs"), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
-           "search_space": "redreg", "num_samples": 4, "scheduler": "none", "seeds": [0, 1],
+    raw = {"name": "rep", "trial": dict(TINY, balancer={"name": "redreg", "variant": "code"}), "storage_path": str(tmp / "runs"), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+           "search_space": {"balancer": "redreg", "params": {
+               "gamma": {"low": 0.0, "high": 2.0}, "beta": {"low": 0.1, "high": 2.0, "log": True},
+               "optim.lr": {"low": 0.005, "high": 0.2, "log": True}}},
+           "num_samples": 4, "scheduler": "none", "seeds": [0, 1],
            "loss_settings": ["multimodal", "multimodal+unimodal"]}
     cfg = load_study_config(None, raw=raw)
     run_study(cfg, verbose=0)
@@ -45,9 +48,9 @@ def test_load_study_matches_the_tune_results(search_study):
         last = json.loads(result.read_text().splitlines()[-1])
         assert row["best_test_acc"] == pytest.approx(last["best_test_acc"])
         assert row["param.balancer.gamma"] == pytest.approx(last["config"]["balancer.gamma"])
-        assert row["seeds"] == [0, 1] and row["epochs_run"] == 2
+        assert row["seeds"] == [0, 1] and row["epochs_run"] == 3
     history = load_histories(trials, ["val_acc", "rlc_audio"])
-    assert len(history) == 8 and set(history["epoch"]) == {1, 2}
+    assert len(history) == 12 and set(history["epoch"]) == {1, 2, 3}
 
 
 def test_report_writes_real_figures_tables_and_logs_them(search_study, tmp_path):
@@ -112,7 +115,9 @@ def test_comparison_table_numbers_and_bold_by_hand(tmp_path):
 
 def test_report_on_a_running_study_covers_what_finished(tmp_path):
     def m(acc):
-        return {"best_val_acc": acc, "best_test_acc": acc, "best_test_acc_audio": acc, "best_test_acc_visual": acc / 2}
+        return {"best_val_acc": acc, "best_test_acc": acc, "best_test_acc_audio": acc, "best_test_acc_visual": acc / 2,
+                "rlc_audio": 1.0, "rlc_visual": 0.5, "dgr_audio": 0.1, "dgr_visual": 0.2, "rs_audio": 1e-3,
+                "rs_visual": 2e-3}
     uri = _fake_study(tmp_path, [("none", "multimodal", "finished", m(0.6)), ("redreg", "multimodal", "running", m(0.1))])
     result = build_report("fake", str(tmp_path / "out"), tracking_uri=uri, command="x")
     assert result["counts"] == {"finished": 1, "running": 1}
@@ -123,6 +128,6 @@ def test_report_on_a_running_study_covers_what_finished(tmp_path):
 def test_report_on_an_all_failed_study_is_a_clear_error(tmp_path):
     uri = _fake_study(tmp_path, [("none", "multimodal", "failed", {"best_val_acc": 0.1}),
                                  ("redreg", "multimodal", "diverged", {"best_val_acc": 0.1})])
-    with pytest.raises(ConfigError, match=r"study 'fake' has no finished trial yet \(1 failed, 1 diverged\)"):
+    with pytest.raises(ConfigError, match=r"study 'fake' has no finished trial yet \(1 diverged, 1 failed\)"):
         build_report("fake", str(tmp_path / "out"), tracking_uri=uri)
     assert not (tmp_path / "out").exists()
