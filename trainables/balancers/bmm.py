@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainables.balancers.base import Balancer, State, StepAverager
-from trainables.balancers.mm import mix, mixup_targets, sample_lambda
+from trainables.balancers.base import State
+from trainables.balancers.mm import MultimodalMixup, mix, mixup_targets, sample_lambda
 
 
 def imbalance_factor(score_a: float, score_v: float) -> float:
@@ -34,8 +34,7 @@ def mixing_degree(rho: float, alpha: float, mode: str = "tanh_excess") -> float:
 
 
 @torch.no_grad()
-def masked_modality_scores(model, loader, modalities: list[str], device, use_accuracy: bool = False,
-                           transform=None) -> dict[str, float]:
+def masked_modality_scores(model, loader, modalities: list[str], device, use_accuracy: bool = False) -> dict[str, float]:
     """sum_i of the true-class probability (or correctness) of the fused head with all other modalities zeroed."""
     was_training = model.training
     model.eval()
@@ -43,8 +42,6 @@ def masked_modality_scores(model, loader, modalities: list[str], device, use_acc
     for inputs, labels in loader:
         labels = labels.to(device)
         feats = model.encode({m: inputs[m].to(device).float() for m in modalities})
-        if transform is not None:
-            feats = transform(feats, training=False)
         for m in modalities:
             only_m = {k: (v if k == m else torch.zeros_like(v)) for k, v in feats.items()}
             logits = model.fuse(only_m)
@@ -66,7 +63,9 @@ class BMMParams(BaseModel):
     random_degree: bool = Field(False, description="[unknown in the paper] draw lambda ~ Beta and scale by delta")
 
 
-class BalancedMultimodalMixup(Balancer):
+class BalancedMultimodalMixup(MultimodalMixup):
+    """Builds on MM (same input/feature level hooks); what is mixed, and how much, differs."""
+
     name = "bmm"
     Params = BMMParams
     two_modalities_only = True
@@ -76,7 +75,6 @@ class BalancedMultimodalMixup(Balancer):
         self.rho = 1.0
         self.delta = 0.0  # degree used during the current epoch
         self.next_delta = 0.0
-        self.avg = StepAverager()
 
     def weak_modality(self) -> str:
         a, v = self.modalities
@@ -96,14 +94,6 @@ class BalancedMultimodalMixup(Balancer):
         state.unimodal_targets = {m: (state.targets if m == weak else [(1.0, state.labels)]) for m in self.modalities}
         self.avg.add(bmm_step_degree=delta)
 
-    def on_batch_start(self, state: State) -> None:
-        if self.p.level == "input":
-            self._mix(state, state.inputs)
-
-    def after_encode(self, state: State) -> None:
-        if self.p.level == "feature":
-            self._mix(state, state.features)
-
     def on_epoch_end(self, state: State) -> None:
         scores = masked_modality_scores(state.model, state.train_loader, self.modalities, state.device,
                                         use_accuracy=self.p.score == "accuracy")
@@ -114,9 +104,6 @@ class BalancedMultimodalMixup(Balancer):
     def epoch_metrics(self) -> dict[str, Any]:
         return {"bmm_imbalance": self.rho, "bmm_degree": self.delta, "bmm_next_degree": self.next_delta,
                 **self.avg.means()}
-
-    def reset_epoch_metrics(self) -> None:
-        self.avg.reset()
 
     def state_dict(self) -> dict[str, Any]:
         return {"rho": self.rho, "delta": self.delta, "next_delta": self.next_delta}
