@@ -31,7 +31,8 @@ def _debug(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmstudy", description=__doc__)
+    parser = OneLineParser(prog="mmstudy", description="Hyperparameter studies for balanced multimodal learning: "
+                                                        "Ray Tune + Optuna + MLflow. Every command takes --help.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("debug", help="train one trial in-process (no Ray), print a per-epoch table")
@@ -50,13 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_study_commands(sub) -> None:
-    try:
-        from study.commands import add_commands
-    except ImportError:  # the study runner is optional for `debug`
-        return
+    from study.commands import add_commands
+
     add_commands(sub)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line with exit status 2, like every other user error (`--help` has the usage)."""
+
+    def error(self, message: str):
+        print(f"mmstudy: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
