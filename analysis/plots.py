@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from search_spaces import SearchSpace  # noqa: E402
@@ -68,13 +68,15 @@ def sensitivity_figure(trials: pd.DataFrame, space: SearchSpace, study: str):
         spec = space.params.get(param)
         if spec is not None and spec.log:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(param.replace("balancer.", ""))
         ax.set_ylabel("test accuracy (%) at best val epoch")
         ax.grid(alpha=0.3)
     flat[0].legend(fontsize=8)
+    n_done = len(_finished(trials))
     how = ("one-at-a-time grid, band = ±1 std over seeds" if kind == "exact"
            else "binned marginal over a global search, band = ±1 std over trials in a bin")
-    fig.suptitle(f"{study}: sensitivity ({how})", fontsize=10)
+    fig.suptitle(f"{study}: sensitivity ({how}; {n_done} finished trials)", fontsize=10)
     fig.tight_layout()
     return fig
 
