@@ -47,11 +47,12 @@ def plain_loop(trials: int, concurrency: int, epochs: int) -> float:
     return time.perf_counter() - start
 
 
-def through_mmstudy(trials: int, concurrency: int, epochs: int) -> float:
+def through_mmstudy(trials: int, concurrency: int, epochs: int, checkpoint_every: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         config = {"name": "overhead", "trial": dict(TRIAL, epochs=epochs), "search_space": "none",
                   "searcher": "random", "scheduler": "none", "num_samples": trials, "max_concurrent": concurrency,
                   "resources": {"cpu": 1}, "storage_path": str(Path(tmp) / "runs"),
+                  "checkpoint_every": checkpoint_every,
                   "tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
         path = Path(tmp) / "study.yaml"
         path.write_text(json.dumps(config))
@@ -66,12 +67,14 @@ def main() -> None:
     parser.add_argument("--trial-seconds", type=float, default=10)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--checkpoint-every", type=int, default=1, help="the study's checkpoint_every")
     args = parser.parse_args()
     per_epoch = epoch_seconds()
     epochs = max(1, round(args.trial_seconds / per_epoch))
     loop = plain_loop(args.trials, args.concurrency, epochs)
-    study = through_mmstudy(args.trials, args.concurrency, epochs)
+    study = through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every)
     print(f"trials={args.trials} concurrency={args.concurrency} epochs/trial={epochs} "
+          f"checkpoint_every={args.checkpoint_every} "
           f"(~{epochs * per_epoch:.1f} s/trial) cpus={os.cpu_count()}")
     print(f"plain process pool: {loop:.1f} s   mmstudy run: {study:.1f} s   overhead ratio: {study / loop:.3f}")
 

@@ -54,6 +54,7 @@ class StudyConfig(Strict):
     metric: MetricConfig = Field(default_factory=MetricConfig)
     sampler_seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
     max_failures: int = Field(2, ge=0, description="retries of a crashing trial from its last checkpoint")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints (the last is always kept)")
     storage_path: str = Field("runs", description="studies live in STORAGE_PATH/NAME")
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment_name: str | None = Field(None, description="MLflow experiment (default: mmstudy/NAME)")

@@ -117,7 +117,8 @@ def trainable_for(cfg: StudyConfig, base: dict[str, Any]):
 
     trial = build_trial_config(base)
     data = build_dataset(trial.dataset.name, trial.dataset_params())
-    fn = tune.with_parameters(run_trial, base=base, seeds=list(cfg.seeds), data=data)
+    fn = tune.with_parameters(run_trial, base=base, seeds=list(cfg.seeds), data=data,
+                              checkpoint_every=cfg.checkpoint_every)
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     return tune.with_resources(fn, resources)
 
@@ -199,7 +200,7 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 1
             param_space=param_space,
             tune_config=TuneConfig(metric=cfg.metric.name, mode=cfg.metric.mode, search_alg=search_alg,
                                    scheduler=scheduler, num_samples=num_samples,
-                                   max_concurrent_trials=cfg.max_concurrent),
+                                   max_concurrent_trials=cfg.max_concurrent, reuse_actors=True),
             run_config=RunConfig(name=TUNE_DIR, storage_path=str(study_dir), callbacks=[callback],
                                  failure_config=FailureConfig(max_failures=cfg.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2), verbose=verbose),

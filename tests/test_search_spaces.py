@@ -91,3 +91,28 @@ def test_every_shipped_study_config_validates(path):
 
     cfg = load_study_config(str(path))
     assert cfg.name == path.stem
+
+
+def test_cmaes_sampler_respects_the_constraint_too():
+    define = define_by_run(load_space("redreg"), BASE)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.CmaEsSampler(seed=0, warn_independent_sampling=False))
+    for _ in range(30):
+        trial = study.ask()
+        define(trial)
+        assert trial.params["balancer.tau_min"] < trial.params["balancer.tau_max"]
+        study.tell(trial, trial.params["balancer.gamma"])
+
+
+def test_storage_checks_fail_fast(tmp_path, monkeypatch):
+    import shutil as _shutil
+
+    from study.runner import check_storage
+
+    monkeypatch.setattr("study.runner.os.access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match="storage_path: .* is not writable"):
+        check_storage(tmp_path / "runs" / "x")
+    monkeypatch.undo()
+    monkeypatch.setattr("study.runner.shutil.disk_usage", lambda p: _shutil._ntuple_diskusage(10, 10, 1024))
+    with pytest.raises(ConfigError, match="storage_path: only 0 MiB free"):
+        check_storage(tmp_path / "runs" / "x")

@@ -54,7 +54,7 @@ def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dic
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
-              data: DatasetBundle | None = None) -> None:
+              data: DatasetBundle | None = None, checkpoint_every: int = 1) -> None:
     seeds = seeds or [0]
     configs = trial_configs(base or {}, point=trial_point(config), seeds=seeds)
     if data is not None and data.spec and data.spec != configs[0].to_dict()["dataset"]:
@@ -80,6 +80,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds:
             return
         metrics = summarize(records, [t.best() for t in trainers])
         metrics["diverged"] = 0.0
+        epoch = trainers[0].epoch
+        if epoch % checkpoint_every and epoch < epochs:
+            tune.report(metrics)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             for seed, trainer in zip(seeds, trainers):
                 trainer.save(os.path.join(folder, f"seed_{seed}.pt"))
