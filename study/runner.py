@@ -118,7 +118,7 @@ def trainable_for(cfg: StudyConfig, base: dict[str, Any]):
     trial = build_trial_config(base)
     data = build_dataset(trial.dataset.name, trial.dataset_params())
     fn = tune.with_parameters(run_trial, base=base, seeds=list(cfg.seeds), data=data,
-                              checkpoint_every=cfg.checkpoint_every)
+                              checkpoint_every=cfg.checkpoint_every, metric=cfg.metric.name)
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     return tune.with_resources(fn, resources)
 

@@ -54,7 +54,7 @@ def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dic
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
-              data: DatasetBundle | None = None, checkpoint_every: int = 1) -> None:
+              data: DatasetBundle | None = None, checkpoint_every: int = 1, metric: str = "val_acc") -> None:
     seeds = seeds or [0]
     configs = trial_configs(base or {}, point=trial_point(config), seeds=seeds)
     if data is not None and data.spec and data.spec != configs[0].to_dict()["dataset"]:
@@ -74,9 +74,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds:
         try:
             records = [t.train_epoch() for t in trainers]
         except TrialDiverged as err:
-            nan = math.nan
+            nan = math.nan  # the study's metric must be present (Tune checks); NaN reads as "failed"
             tune.report({"diverged": 1.0, "status_reason": str(err), "epoch": trainers[0].epoch + 1,
-                         "val_acc": nan, "best_val_acc": nan, "val_f1": nan, "best_val_f1": nan})
+                         "val_acc": nan, "best_val_acc": nan, metric: nan})
             return
         metrics = summarize(records, [t.best() for t in trainers])
         metrics["diverged"] = 0.0
