@@ -7,7 +7,7 @@ import os
 
 def _run(args: argparse.Namespace) -> int:
     from study.config import load_study_config
-    from study.runner import run_study, top_trials_table
+    from study.runner import run_study
 
     overrides = list(args.overrides)
     if args.address:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import logging
-import math
 import subprocess
 import time
 from pathlib import Path
@@ -200,7 +199,7 @@ class MlflowStudyCallback(Callback):
             self.client.log_batch(run_id, metrics=metrics[i:i + 500])
         self._last_step[trial_id] = step
 
-    def close(self, trial_id: str, point: dict[str, Any], status: str, reason: str, last: dict[str, Any]) -> None:
+    def close(self, trial_id: str, point: dict[str, Any], status: str, reason: str) -> None:
         run_id = self.run_for(trial_id, point)
         tags = [RunTag(STATUS_TAG, status)] + ([RunTag(REASON_TAG, reason[:5000])] if reason else [])
         self.client.log_batch(run_id, tags=tags)
@@ -217,12 +216,11 @@ class MlflowStudyCallback(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         status, reason = self.final_status(last)
-        self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), status, reason, last)
+        self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), status, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = last_error_line(getattr(trial, "error_file", None))
-        self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), "failed", reason,
-                     trial.last_result or {})
+        self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), "failed", reason)
 
     def final_status(self, last: dict[str, Any]) -> tuple[str, str]:
         if last.get("diverged"):
@@ -238,10 +236,6 @@ def last_error_line(path: str | Path | None) -> str:
         text = Path(path).read_text(errors="replace")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "trial raised an error"
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def sync_study(study_dir: Path, info: dict[str, Any], base: dict[str, Any], seeds: list[int]) -> dict[str, int]:
@@ -267,10 +261,10 @@ def sync_study(study_dir: Path, info: dict[str, Any], base: dict[str, Any], seed
         error_file = trial_dir / "error.txt"
         last = results[-1]
         if error_file.is_file():
-            callback.close(trial_id, point, "failed", last_error_line(error_file), last)
+            callback.close(trial_id, point, "failed", last_error_line(error_file))
             counts["closed"] += 1
         elif last.get("done") or last.get("diverged") or int(last.get("training_iteration", 0)) >= callback.epochs:
             status, reason = callback.final_status(last)
-            callback.close(trial_id, point, status, reason, last)
+            callback.close(trial_id, point, status, reason)
             counts["closed"] += 1
     return counts
