@@ -222,6 +222,25 @@ class MlflowStudyCallback(Callback):
         reason = last_error_line(getattr(trial, "error_file", None))
         self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), "failed", reason)
 
+    def on_experiment_end(self, trials, **info):
+        self._safely("orphan clean-up", self.remove_orphans, {t.trial_id for t in trials})
+
+    def remove_orphans(self, known: set[str]) -> int:
+        """A driver killed after a trial's run was created but before Tune persisted the trial leaves a run
+        for a trial that no longer exists (the searcher proposes a new one on resume). Such runs are closed
+        as `orphaned` and deleted (MLflow's soft delete), so the study shows exactly one run per trial."""
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+                                       max_results=50000)
+        removed = 0
+        for run in runs:
+            if run.data.tags.get(TRIAL_TAG) not in known:
+                self.client.set_tag(run.info.run_id, STATUS_TAG, "orphaned")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                self.client.delete_run(run.info.run_id)
+                removed += 1
+        return removed
+
     def final_status(self, last: dict[str, Any]) -> tuple[str, str]:
         if last.get("diverged"):
             return "diverged", str(last.get("status_reason", "loss is not finite"))

@@ -172,3 +172,22 @@ def test_debug_from_run_reproduces_a_trials_exact_config(tmp_path, ray_local):
     assert payload["config"]["seed"] == 0
     # one seed, CPU: the same numbers (within one validation sample: Ray runs it with 1 thread, debug with more)
     assert abs(payload["history"][0]["val_acc"] - run.data.metrics["val_acc"]) <= 1 / 48 + 1e-9
+
+
+def test_runs_of_trials_tune_never_recorded_are_removed(tmp_path):
+    """The race behind a duplicate after SIGKILL: a child run created for a trial that Tune had not yet
+    persisted. At the end of a (resumed) study such runs are closed as orphaned and deleted."""
+    from study.tracking import MlflowStudyCallback, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = ensure_experiment(client, "mmstudy/orphans")
+    parent = client.create_run(exp).info.run_id
+    callback = MlflowStudyCallback(uri, exp, parent, "orphans", TINY_TRIAL, [0], 3)
+    kept = callback.run_for("kept_1", {})
+    lost = callback.run_for("lost_2", {})
+    assert callback.remove_orphans({"kept_1"}) == 1
+    active = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert [r.info.run_id for r in active] == [kept]
+    gone = client.get_run(lost)
+    assert gone.info.lifecycle_stage == "deleted" and gone.data.tags["mmstudy.status"] == "orphaned"
