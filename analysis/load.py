@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from trainables.config import ConfigError, flatten
+from trainables.config import ConfigError, flatten, unflatten
 
 STUDY_FILE = "study.json"
 
@@ -49,7 +49,7 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     parent = parents[0]
     config_raw = {k: _parse(v) for k, v in parent.data.params.items()}
     return StudyRef(parent.data.tags.get("mmstudy.study", exp.name), uri, exp.experiment_id, parent.info.run_id,
-                    _unflatten(config_raw), parent.data.tags.get("mmstudy.study_dir"))
+                    unflatten(config_raw), parent.data.tags.get("mmstudy.study_dir"))
 
 
 def _parse(value: str) -> Any:
@@ -57,12 +57,6 @@ def _parse(value: str) -> Any:
         return json.loads(value)
     except (json.JSONDecodeError, TypeError):
         return value
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    from trainables.config import unflatten
-
-    return unflatten(flat)
 
 
 def child_runs(ref: StudyRef) -> list:
@@ -81,11 +75,12 @@ def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
         tags = run.data.tags
         point = json.loads(tags.get("mmstudy.point", "{}"))
         config = json.loads(tags.get("mmstudy.trial_config", "{}"))
+        seeds = json.loads(tags.get("mmstudy.seeds", "[0]"))
         row: dict[str, Any] = {
             "trial_id": tags.get("mmstudy.trial_id"), "run_id": run.info.run_id,
             "status": tags.get("mmstudy.status", run.info.status.lower()),
             "status_reason": tags.get("mmstudy.status_reason", ""),
-            "seeds": json.loads(tags.get("mmstudy.seeds", "[0]")), "num_seeds": len(json.loads(tags.get("mmstudy.seeds", "[0]"))),
+            "seeds": seeds, "num_seeds": len(seeds),
             "balancer": config.get("balancer", {}).get("name"), "loss_setting": config.get("loss_setting"),
             "sweep_param": tags.get("mmstudy.sweep_param"), "sweep_value": _parse(tags.get("mmstudy.sweep_value", "null")),
             "epochs_run": int(run.data.metrics.get("epoch", 0)),

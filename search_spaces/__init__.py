@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainables.config import ConfigError, build_trial_config, deep_merge, format_validation_error, unflatten
+from trainables.config import (ConfigError, build_trial_config, deep_merge, format_validation_error, read_yaml,
+                               unflatten)
 
 SPACES_DIR = Path(__file__).parent
 
@@ -108,10 +108,7 @@ def load_space(spec: str | dict | None, field: str = "search_space") -> SearchSp
             path = SPACES_DIR / f"{spec}.yaml"
         if not path.is_file():
             raise ConfigError(f"{field}: no space '{spec}'; allowed: {', '.join(available_spaces())} or a YAML path")
-        try:
-            spec = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{field}: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        spec = read_yaml(path, field)
     if not isinstance(spec, dict):
         raise ConfigError(f"{field}: expected a mapping with 'params'")
     try:

@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search_spaces import SearchSpace, apply_point, load_space, sensitivity_points, validate_space
 from trainables.config import (ConfigError, build_trial_config, deep_merge, flatten, format_validation_error,
-                               parse_overrides)
+                               parse_overrides, read_yaml)
 
 
 class Strict(BaseModel):
@@ -106,13 +105,7 @@ def load_study_config(path: str | None, overrides: list[str] | None = None, raw:
     if raw is None:
         if path is None:
             raise ConfigError("config: a study config file is required (e.g. study/configs/smoke.yaml)")
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config: no such file '{path}'")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raw = read_yaml(path, "config")
     if not isinstance(raw, dict):
         raise ConfigError("config: expected a mapping of study fields")
     if overrides:
@@ -135,13 +128,13 @@ def check_study(cfg: StudyConfig) -> None:
     """Everything that can be checked without running: the base trial, the space, the grids."""
     base = cfg.base_trial()
     try:
-        build_trial_config(base)
+        trial = build_trial_config(base)
     except ConfigError as err:
         raise ConfigError(f"trial.{err}") from None
     space = cfg.space()
-    if space.balancer and build_trial_config(base).balancer.name != space.balancer:
+    if space.balancer and trial.balancer.name != space.balancer:
         raise ConfigError(f"search_space: space is for balancer '{space.balancer}' but trial.balancer.name is "
-                          f"'{build_trial_config(base).balancer.name}'")
+                          f"'{trial.balancer.name}'")
     validate_space(space, base)
     if cfg.mode == "compare":
         if not cfg.variants:

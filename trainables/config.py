@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -148,6 +149,18 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
         model = ann
     return list(model.model_fields)
+
+
+def read_yaml(path: str | Path, field: str) -> Any:
+    """A YAML file read with the safe loader (never evaluated); a missing or malformed file is a one-line
+    ConfigError naming `field`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{field}: no such file '{path}'")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{field}: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -268,8 +268,7 @@ class RedReg(Balancer):
                           strict_sim=self.p.gate_compare == "gt")
         if gate:
             beta = adaptive_beta(self.p.beta, probs[dom], probs[weak]) if self.p.beta_mode == "adaptive" else self.p.beta
-            params = [p for p in self._encoder_params(state, dom)]
-            pairs = [(i, p) for i, p in enumerate(params) if p.grad is not None]
+            pairs = [(i, p) for i, p in enumerate(self._encoder_params(state, dom)) if p.grad is not None]
             g = [p.grad for _, p in pairs]
             d = [p.detach() - self.anchor[dom][i] for i, p in pairs]
             new = corrected_gradient(g, d, beta, gate, per_tensor=self.p.projection == "tensor", eps=self.p.eps)
