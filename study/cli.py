@@ -30,6 +30,36 @@ def _debug(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from trainables.config import format_validation_error, parse_overrides
+    from trainables.data.prepare import prepare
+    from trainables.data.registry import dataset_layout, dataset_params_model
+
+    dataset, overrides = args.dataset[0], args.dataset[1:]
+    layout_cls = dataset_layout(dataset)
+    model = dataset_params_model(dataset)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers: must be at least 1 (got {args.workers})")
+    if args.frame_size < 0:
+        raise ConfigError(f"--frame-size: must be 0 (keep the original size) or a positive side (got {args.frame_size})")
+    try:
+        params = model(**{**parse_overrides(overrides), "root": args.src})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix="dataset", model=model)) from None
+    manifest = prepare(layout_cls(params), args.dst, frame_size=args.frame_size, workers=args.workers,
+                       progress=not args.quiet)
+    counts = manifest["counts"]
+    per_split = ", ".join(f"{name} {entry['count']}" for name, entry in manifest["splits"].items())
+    print(f"prepared {dataset} in {args.dst}: {per_split} clips ({counts['written']} written, "
+          f"{counts['cached']} already there, {counts['skipped']} skipped)")
+    if manifest["skipped"]:
+        print(f"skipped clips and why: {args.dst}/skipped.txt (also in manifest.json)")
+    print(f"train on it with dataset.name={dataset} dataset.root={args.dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mmstudy", description="Hyperparameter studies for balanced multimodal learning: "
                                                         "Ray Tune + Optuna + MLflow. Every command takes --help.")
@@ -46,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own)")
     d.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 model.fusion=film")
     d.set_defaults(func=_debug)
+
+    p = sub.add_parser("prepare", help="cache a raw dataset's decoded tensors (.npy) with a manifest; resumable")
+    # One positional list (DATASET then key=value options) so options may come before or after the flags.
+    p.add_argument("dataset", nargs="+", metavar="DATASET [key=value ...]",
+                   help="crema_d, kinetics_sounds, ucf101 or cmu_mosi, then dataset options, e.g. fps=2 (crema_d), "
+                        "split=2 (ucf101), aligned=false (cmu_mosi)")
+    p.add_argument("--src", required=True, help="the raw dataset folder (its published layout, docs/datasets.md)")
+    p.add_argument("--dst", required=True, help="the cache folder (new, or one this command started before)")
+    p.add_argument("--frame-size", type=int, default=0,
+                   help="store frames with this short side (0: original size, tensors identical to the raw layout)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prepare)
     _add_study_commands(sub)
     return parser
 
@@ -66,7 +109,14 @@ class OneLineParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a positional list at its first occurrence; key=value options typed after the flags
+    # belong to it too.
+    target = "dataset" if args.command == "prepare" else "overrides"
+    if extra and (not hasattr(args, target) or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, target, [*getattr(args, target), *extra])
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:

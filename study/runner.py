@@ -31,6 +31,11 @@ TUNE_DIR = "tune"
 # ----------------------------------------------------------------------------- pieces
 
 
+def dataset_label(name: str, params: dict) -> str:
+    """synthetic/tiny for generated data, kinetics_sounds:/data/ks for file-backed data."""
+    return f"{name}/{params['size']}" if "size" in params else f"{name}:{params.get('root', '')}"
+
+
 def check_storage(study_dir: Path) -> None:
     """Fail fast, before Ray or MLflow, when the study folder cannot be written."""
     parent = study_dir.parent
@@ -146,7 +151,7 @@ def start_records(cfg: StudyConfig, client, experiment_id: str, config_path: str
         parent = client.create_run(experiment_id, run_name=cfg.name, tags={
             "mmstudy.study": cfg.name, "mmstudy.kind": "study", "mmstudy.mode": cfg.mode,
             "mmstudy.git_commit": git_commit(),
-            "mmstudy.dataset": f"{trial.dataset.name}/{trial.dataset.params().get('size', '')}",
+            "mmstudy.dataset": dataset_label(trial.dataset.name, trial.dataset.params()),
             "mmstudy.balancer": trial.balancer.name, "mmstudy.config_hash": cfg.config_hash(),
             "mmstudy.study_dir": str(study_dir), "mmstudy.status": "running"})
         parent_id = parent.info.run_id

@@ -3,12 +3,11 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-from scipy.io import wavfile
 
+from dataset_fixtures import write_crema_d
 from study.cli import main
 from trainables.config import ConfigError, build_trial_config
-from trainables.data.crema_d import CLASSES, HOP, N_FFT, SAMPLE_RATE, log_spectrogram
+from trainables.data.crema_d import HOP, N_FFT, SAMPLE_RATE, log_spectrogram
 from trainables.data.registry import build_dataset
 
 
@@ -33,29 +32,8 @@ def test_spectrogram_matches_a_reference_stft():
     assert np.allclose(ours[0].numpy()[mask], ref[mask], atol=2e-3)
 
 
-def write_fixture(root, n_train=12, n_test=6, fps=1):
-    rng = np.random.default_rng(0)
-    (root / "AudioWAV").mkdir(parents=True)
-    rows = {"train": [], "test": []}
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            clip, label = f"{1000 + i}_{split}", CLASSES[i % 6]
-            rate = 16000
-            t = np.arange(rate // 2) / rate
-            wave = (0.4 * np.sin(2 * np.pi * (200 + 100 * (i % 6)) * t) * 32767).astype(np.int16)
-            wavfile.write(root / "AudioWAV" / f"{clip}.wav", rate, wave)
-            frames = root / f"Image-{fps:02d}-FPS" / clip
-            frames.mkdir(parents=True)
-            for f in range(3):
-                Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(frames / f"{f:05d}.jpg")
-            rows[split].append(f"{clip},{label}")
-    for split, lines in rows.items():
-        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_loading_gives_reference_shapes_and_a_fixed_validation_split(tmp_path):
-    root = write_fixture(tmp_path / "crema")
+    root = write_crema_d(tmp_path / "crema")
     cfg = build_trial_config({"dataset": {"name": "crema_d", "root": str(root), "image_size": 32}})
     bundle = build_dataset("crema_d", cfg.dataset_params())
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (11, 1, 6)
@@ -67,7 +45,7 @@ def test_loading_gives_reference_shapes_and_a_fixed_validation_split(tmp_path):
 
 
 def test_debug_trains_on_the_fixture(tmp_path):
-    root = write_fixture(tmp_path / "crema")
+    root = write_crema_d(tmp_path / "crema")
     rc = main(["debug", "--dataset", "crema_d", "--epochs", "1", "--out", str(tmp_path / "out"), "--device", "cpu",
                f"dataset.root={root}", "dataset.image_size=32", "optim.batch_size=4", "model.feature_dim=8"])
     assert rc == 0

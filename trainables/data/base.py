@@ -10,9 +10,10 @@ from torch.utils.data import Dataset
 
 @dataclass(frozen=True)
 class ModalitySpec:
-    """`kind` picks the encoder family: spectrogram (C x F x T), frames (C x T x H x W), vector (D)."""
+    """`kind` picks the encoder family: spectrogram (C x F x T), frames (C x T x H x W), sequence (L x D,
+    pre-extracted per-step features), vector (D)."""
 
-    kind: Literal["spectrogram", "frames", "vector"]
+    kind: Literal["spectrogram", "frames", "sequence", "vector"]
     shape: tuple[int, ...]
 
 

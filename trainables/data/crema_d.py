@@ -6,10 +6,11 @@
 
 Audio: resampled to 22,050 Hz, tiled to 3 s, clipped to [-1, 1], STFT (n_fft 512, hop 353, Hann,
 centred, zero padding -- librosa's defaults) and log(|S| + 1e-7) -> 1 x 257 x 188.
-Frames: the first `fps` frames in name order (the reference code draws indices and then ignores them),
+Frames: the first `frames` frames in name order (the reference code draws indices and then ignores them),
 RandomResizedCrop(224) + horizontal flip for training, Resize((224, 224)) for evaluation, ImageNet
 normalisation -> 3 x T x 224 x 224. The reference code has no validation split: ours is carved from
-train.csv with a fixed seed (`val_fraction`, `split_seed`).
+train.csv with a fixed seed (`val_fraction`, `split_seed`). `mmstudy prepare crema_d` caches the spectrograms
+and decoded frames; `root` may point at the raw folder or at that cache.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import Dataset
 
 from trainables.config import ConfigError
-from trainables.data.base import DatasetBundle, ModalitySpec
+from trainables.data.base import DatasetBundle
+from trainables.data.clips import Clip, Layout, SourceIndex, build_clip_bundle
+from trainables.data.frames import FrameFolder, imagenet_transform, stack_frames
 from trainables.data.registry import register_dataset
 
 CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
@@ -34,7 +36,8 @@ HOW_TO_GET = ("CREMA-D: https://github.com/CheyneyComputerScience/CREMA-D (Audio
 
 class CremaDParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    root: str = Field(..., description="folder with train.csv, test.csv, AudioWAV/, Image-NN-FPS/")
+    root: str = Field(..., description="folder with train.csv, test.csv, AudioWAV/, Image-NN-FPS/, or its "
+                                        "`mmstudy prepare` cache")
     fps: int = Field(1, ge=1, le=99, description="which Image-NN-FPS folder to read")
     frames: int = Field(3, ge=1, le=64, description="frames per clip (T)")
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -72,19 +75,8 @@ def read_wav(path: Path) -> np.ndarray:
     return data
 
 
-def image_transform(train: bool, size: int):
-    from torchvision import transforms as T
-
-    norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    if train:
-        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    return T.Compose([T.Resize((size, size)), T.ToTensor(), norm])
-
-
 def read_split(root: Path, name: str) -> list[tuple[str, int]]:
     path = root / f"{name}.csv"
-    if not path.is_file():
-        raise ConfigError(f"dataset.root: expected {path} (rows clip_id,EMOTION); {HOW_TO_GET}")
     rows = []
     with path.open(newline="") as fh:
         for line_no, row in enumerate(csv.reader(fh), 1):
@@ -97,58 +89,47 @@ def read_split(root: Path, name: str) -> list[tuple[str, int]]:
     return rows
 
 
-class CremaDSplit(Dataset):
-    def __init__(self, root: Path, items: list[tuple[str, int]], p: CremaDParams, train: bool):
-        self.root, self.items, self.p = root, items, p
-        self.frames_dir = root / f"Image-{p.fps:02d}-FPS"
-        self.transform = image_transform(train, p.image_size)
+class CremaDLayout(Layout):
+    name = "crema_d"
+    how_to_get = HOW_TO_GET
+    modality_names = ("audio", "visual")
+    frame_modalities = {"visual": "RGB"}
+    cache_keys = ("fps",)
 
-    def __len__(self) -> int:
-        return len(self.items)
+    @property
+    def frames_dir(self) -> Path:
+        return self.root / f"Image-{self.p.fps:02d}-FPS"
 
-    def audio(self, clip: str) -> torch.Tensor:
-        return log_spectrogram(read_wav(self.root / "AudioWAV" / f"{clip}.wav"))
+    def check(self) -> None:
+        for rel in ("train.csv", "test.csv", "AudioWAV", self.frames_dir.name):
+            if not (self.root / rel).exists():
+                raise self.expected(rel, f"CREMA-D layout: train.csv, test.csv, AudioWAV/, {self.frames_dir.name}/")
 
-    def visual(self, clip: str) -> torch.Tensor:
-        from PIL import Image
+    def index(self) -> SourceIndex:
+        splits = {name: [Clip(cid, label, name) for cid, label in read_split(self.root, name)]
+                  for name in ("train", "test")}
+        return SourceIndex(splits, CLASSES, [self.root / "train.csv", self.root / "test.csv"])
 
-        files = sorted((self.frames_dir / clip).glob("*.jpg"))
-        if not files:
-            raise FileNotFoundError(f"no frames in {self.frames_dir / clip}")
-        files = [files[min(i, len(files) - 1)] for i in range(self.p.frames)]  # repeat the last if short
-        frames = [self.transform(Image.open(f).convert("RGB")) for f in files]
-        return torch.stack(frames, dim=1)  # 3 x T x H x W
+    def missing(self, clip: Clip) -> Path | None:
+        for path in (self.root / "AudioWAV" / f"{clip.id}.wav", self.frames_dir / clip.id):
+            if not path.exists():
+                return path
+        return None
 
-    def __getitem__(self, index: int):
-        clip, label = self.items[index]
-        return {"audio": self.audio(clip), "visual": self.visual(clip)}, torch.tensor(label)
+    def read(self, clip: Clip) -> dict:
+        return {"audio": log_spectrogram(read_wav(self.root / "AudioWAV" / f"{clip.id}.wav")).numpy(),
+                "visual": FrameFolder.glob(self.frames_dir / clip.id, "*.jpg")}
 
-
-def check_layout(root: Path, p: CremaDParams) -> None:
-    for rel in ("train.csv", "test.csv", "AudioWAV", f"Image-{p.fps:02d}-FPS"):
-        if not (root / rel).exists():
-            raise ConfigError(f"dataset.root: expected {root / rel} (CREMA-D layout: train.csv, test.csv, AudioWAV/, "
-                              f"Image-{p.fps:02d}-FPS/); {HOW_TO_GET}")
+    def to_tensors(self, sample: dict, train: bool) -> dict[str, torch.Tensor]:
+        frames = sample["visual"]
+        # The first T frames in name order, the last repeated if the clip is short (see the module docstring).
+        images = [frames[min(i, len(frames) - 1)] for i in range(self.p.frames)]
+        return {"audio": torch.as_tensor(np.array(sample["audio"], dtype=np.float32)),
+                "visual": stack_frames(images, imagenet_transform(train, self.p.image_size))}
 
 
 def build_crema_d(p: CremaDParams) -> DatasetBundle:
-    root = Path(p.root).expanduser()
-    check_layout(root, p)
-    train_all, test = read_split(root, "train"), read_split(root, "test")
-    order = np.random.default_rng(p.split_seed).permutation(len(train_all))
-    n_val = max(1, int(round(p.val_fraction * len(train_all))))
-    val = [train_all[i] for i in sorted(order[:n_val])]
-    train = [train_all[i] for i in sorted(order[n_val:])]
-    frames = 1 + (3 * SAMPLE_RATE) // HOP
-    return DatasetBundle(
-        name="crema_d",
-        modalities={"audio": ModalitySpec("spectrogram", (1, N_FFT // 2 + 1, frames)),
-                     "visual": ModalitySpec("frames", (3, p.frames, p.image_size, p.image_size))},
-        num_classes=len(CLASSES),
-        train=CremaDSplit(root, train, p, train=True), val=CremaDSplit(root, val, p, train=False),
-        test=CremaDSplit(root, test, p, train=False),
-        info={"classes": CLASSES, "train": len(train), "val": len(val), "test": len(test)},
-    )
+    return build_clip_bundle(CremaDLayout(p), p.val_fraction, p.split_seed)
 
 
-register_dataset("crema_d", CremaDParams, build_crema_d)
+register_dataset("crema_d", CremaDParams, build_crema_d, CremaDLayout)

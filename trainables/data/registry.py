@@ -9,14 +9,26 @@ from trainables.config import ConfigError
 from trainables.data.base import DatasetBundle
 
 _DATASETS: dict[str, tuple[type[BaseModel], Callable[[BaseModel], DatasetBundle]]] = {}
+_LAYOUTS: dict[str, type] = {}  # file-backed datasets: name -> Layout class (what `mmstudy prepare` reads)
 
 
-def register_dataset(name: str, params: type[BaseModel], build: Callable[[BaseModel], DatasetBundle]) -> None:
+def register_dataset(name: str, params: type[BaseModel], build: Callable[[BaseModel], DatasetBundle],
+                     layout: type | None = None) -> None:
     _DATASETS[name] = (params, build)
+    if layout is not None:
+        _LAYOUTS[name] = layout
+
+
+def dataset_layout(name: str):
+    """The Layout class of a file-backed dataset (ConfigError for generated ones such as synthetic)."""
+    _ensure_builtin()
+    if name not in _LAYOUTS:
+        raise ConfigError(f"DATASET: '{name}' has no files to prepare; allowed: {', '.join(sorted(_LAYOUTS))}")
+    return _LAYOUTS[name]
 
 
 def _ensure_builtin() -> None:
-    from trainables.data import crema_d, synthetic  # noqa: F401  (each registers itself on first import)
+    from trainables.data import cmu_mosi, crema_d, kinetics_sounds, synthetic, ucf101  # noqa: F401  (each registers itself)
 
 
 def dataset_names() -> list[str]:

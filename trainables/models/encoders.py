@@ -94,9 +94,33 @@ class VectorEncoder(Encoder):
         return fmap
 
 
+class SequenceEncoder(Encoder):
+    """Pre-extracted per-step features (L x D), e.g. CMU-MOSI's GloVe / COVAREP / Facet: a linear projection,
+    learned positions and a small Transformer encoder (RedReg runs MOSI on a Transformer backbone); the map is
+    the per-step output, pooled by the mean over steps."""
+
+    def __init__(self, length: int, in_dim: int, width: int, layers: int = 2):
+        super().__init__()
+        heads = next(h for h in (4, 2, 1) if width % h == 0)
+        self.project = nn.Linear(in_dim, width)
+        self.position = nn.Parameter(torch.zeros(1, length, width))
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.1, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out_dim = width
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transformer(self.project(x) + self.position[:, : x.shape[1]])
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        return fmap.mean(dim=1)
+
+
 def build_encoder(spec: ModalitySpec, kind: str, width: int) -> Encoder:
+    """`kind` (model.encoder) picks the CNN for spectrograms and frames; sequences always get the Transformer."""
     if spec.kind == "vector":
         return VectorEncoder(int(torch.tensor(spec.shape).prod()), width)
+    if spec.kind == "sequence":
+        return SequenceEncoder(spec.shape[0], spec.shape[1], width)
     channels = spec.shape[0]
     trunk, out_dim = (resnet18_trunk(channels), 512) if kind == "resnet18" else (small_cnn(channels, width), width)
     return SpectrogramEncoder(trunk, out_dim) if spec.kind == "spectrogram" else FramesEncoder(trunk, out_dim)
