@@ -55,8 +55,29 @@ def test_ucf101_rgb_and_two_channel_flow_with_carved_validation(tmp_path):
     inputs, _ = b.test[1]
     assert inputs["visual"].shape == (3, 3, 32, 32) and inputs["flow"].shape == (2, 3, 32, 32)
     assert b.test.clips[1].label == 1  # HandstandPushups in the list -> HandStandPushups in classInd
-    # flow is normalised with the reference's (0.1307, 0.3081): a white flow pixel maps to (1 - m) / s
-    assert float(inputs["flow"].max()) <= (1 - 0.1307) / 0.3081 + 1e-5
+    # frames leave the loader as uint8; the trainer normalises flow with the reference's (0.1307, 0.3081)
+    assert inputs["flow"].dtype == torch.uint8 and b.modalities["flow"].normalize == ((0.1307,) * 2, (0.3081,) * 2)
+    from trainables.data.base import model_input
+
+    flow = model_input(inputs["flow"].unsqueeze(0), b.modalities["flow"], torch.device("cpu"))
+    assert torch.allclose(flow, (inputs["flow"].float().unsqueeze(0) / 255 - 0.1307) / 0.3081)
+
+
+def test_device_side_normalisation_equals_the_reference_totensor_normalize():
+    """uint8 frames normalised on the device give the reference pipeline's ToTensor + Normalize values."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from trainables.data.base import ModalitySpec, model_input
+    from trainables.data.frames import IMAGENET_MEAN, IMAGENET_NORMALIZE, IMAGENET_STD, imagenet_transform
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    reference = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
+    ours = imagenet_transform(train=False, size=32)(img)
+    assert ours.dtype == torch.uint8
+    spec = ModalitySpec("frames", (3, 1, 32, 32), IMAGENET_NORMALIZE)
+    batch = model_input(ours[None, :, None], spec, torch.device("cpu"))  # 1 x C x T x H x W
+    assert torch.allclose(batch[0, :, 0], reference, atol=1e-6)
 
 
 def test_cmu_mosi_three_sequence_modalities_binary_labels(tmp_path):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from trainables.balancers.base import State
 from trainables.balancers.registry import build_balancer
 from trainables.config import TrialConfig
-from trainables.data.base import DatasetBundle
+from trainables.data.base import DatasetBundle, model_input
 from trainables.data.registry import build_dataset
 from trainables.dynamics import DynamicsTracker
 from trainables.metrics import accuracy, macro_f1
@@ -117,7 +117,7 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", drop_last=False)
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {m: inputs[m].to(self.device, non_blocking=True).float() for m in self.modalities}
+        return {m: model_input(inputs[m], self.data.modalities[m], self.device) for m in self.modalities}
 
     # ------------------------------------------------------------------ training
     def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:

@@ -48,6 +48,7 @@ class Layout:
     modality_names: ClassVar[tuple[str, ...]]
     frame_modalities: ClassVar[dict[str, str]] = {}  # modality -> PIL mode, for modalities that are frame stacks
     cache_keys: ClassVar[tuple[str, ...]] = ()  # params that change what `prepare` stores
+    normalize: ClassVar[dict[str, tuple]] = {}  # modality -> (mean, std) applied on the device to uint8 input
 
     def __init__(self, params: BaseModel):
         self.p = params
@@ -175,7 +176,8 @@ def build_clip_bundle(layout: Layout, val_fraction: float, split_seed: int) -> D
         if not clips:
             raise ConfigError(f"dataset.root: the {split} split of {layout.root} has no readable clips")
     first = ClipDataset(layout, reader, val[:1], train=False)[0][0]
-    modalities = {m: ModalitySpec(_kind(t, m in layout.frame_modalities), tuple(t.shape)) for m, t in first.items()}
+    modalities = {m: ModalitySpec(_kind(t, m in layout.frame_modalities), tuple(t.shape), layout.normalize.get(m))
+                  for m, t in first.items()}
     return DatasetBundle(
         name=layout.name, modalities=modalities, num_classes=len(index.classes),
         train=ClipDataset(layout, reader, train, train=True), val=ClipDataset(layout, reader, val, train=False),

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainables.config import ConfigError
 from trainables.data.base import DatasetBundle
 from trainables.data.clips import Clip, Layout, SourceIndex, build_clip_bundle
-from trainables.data.frames import FrameFolder, imagenet_transform, stack_frames
+from trainables.data.frames import IMAGENET_NORMALIZE, FrameFolder, imagenet_transform, stack_frames
 from trainables.data.registry import register_dataset
 
 CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
@@ -94,6 +94,7 @@ class CremaDLayout(Layout):
     how_to_get = HOW_TO_GET
     modality_names = ("audio", "visual")
     frame_modalities = {"visual": "RGB"}
+    normalize = {"visual": IMAGENET_NORMALIZE}
     cache_keys = ("fps",)
 
     @property

@@ -107,18 +107,21 @@ def segment_indices(num_frames: int, pick: int, train: bool, generator: torch.Ge
     return out
 
 
+IMAGENET_NORMALIZE = (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+
+
 def imagenet_transform(train: bool, size: int, random_crop: bool = True):
-    """The reference pipelines: RandomResizedCrop (or Resize) + horizontal flip for training, Resize for
-    evaluation, ImageNet normalisation."""
+    """The reference pipelines' geometry: RandomResizedCrop (or Resize) + horizontal flip for training, Resize
+    for evaluation. The result stays uint8; ToTensor's /255 and the ImageNet normalisation happen on the
+    training device (ModalitySpec.normalize)."""
     from torchvision import transforms as T
 
-    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if train:
         first = T.RandomResizedCrop(size) if random_crop else T.Resize((size, size))
-        return T.Compose([first, T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    return T.Compose([T.Resize((size, size)), T.ToTensor(), norm])
+        return T.Compose([first, T.RandomHorizontalFlip(), T.PILToTensor()])
+    return T.Compose([T.Resize((size, size)), T.PILToTensor()])
 
 
 def stack_frames(images: list[Image.Image], transform) -> torch.Tensor:
-    """C x T x H x W, the layout the frame encoders take."""
+    """C x T x H x W uint8, the layout the frame encoders take."""
     return torch.stack([transform(img) for img in images], dim=1)

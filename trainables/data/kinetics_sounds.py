@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainables.config import ConfigError
 from trainables.data.base import DatasetBundle
 from trainables.data.clips import Clip, Layout, SourceIndex, build_clip_bundle
-from trainables.data.frames import FrameFolder, imagenet_transform, segment_indices, stack_frames
+from trainables.data.frames import IMAGENET_NORMALIZE, FrameFolder, imagenet_transform, segment_indices, stack_frames
 from trainables.data.registry import register_dataset
 
 HOW_TO_GET = ("Kinetics-Sounds: the Kinetics-400 clips of the class list (Arandjelovic & Zisserman 2017), "
@@ -50,6 +50,7 @@ class KineticsSoundsLayout(Layout):
     how_to_get = HOW_TO_GET
     modality_names = ("audio", "visual")
     frame_modalities = {"visual": "RGB"}
+    normalize = {"visual": IMAGENET_NORMALIZE}
     cache_keys = ("classes_file",)
 
     def list_file(self, split: str) -> Path:

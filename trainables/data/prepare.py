@@ -62,6 +62,13 @@ def prepare_clip(layout: Layout, clip: Clip, dst: Path, frame_size: int) -> tupl
     return clip, "written", {m: {"shape": list(a.shape), "dtype": str(a.dtype)} for m, a in arrays.items()}
 
 
+def _one_thread() -> None:
+    """Each decoding process uses one thread: N processes x all-core torch/BLAS threads thrash the CPU."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _prepare_chunk(args) -> list[tuple[Clip, str, dict[str, Any]]]:
     layout, clips, dst, frame_size = args
     return [prepare_clip(layout, c, dst, frame_size) for c in clips]
@@ -111,7 +118,7 @@ def prepare(layout: Layout, dst: Path, frame_size: int = 0, workers: int | None 
         done_iter = map(_prepare_chunk, jobs)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_one_thread)
         done_iter = pool.map(_prepare_chunk, jobs)
     try:
         for chunk_result in done_iter:

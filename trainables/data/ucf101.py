@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from trainables.config import ConfigError
 from trainables.data.base import DatasetBundle
 from trainables.data.clips import Clip, Layout, SourceIndex, build_clip_bundle
-from trainables.data.frames import FlowFolder, FrameFolder, imagenet_transform, segment_indices, stack_frames
+from trainables.data.frames import IMAGENET_NORMALIZE, FlowFolder, FrameFolder, imagenet_transform, segment_indices, stack_frames
 from trainables.data.registry import register_dataset
 
 HOW_TO_GET = ("UCF-101: https://www.crcv.ucf.edu/data/UCF101.php (videos and the train/test split lists), RGB "
@@ -50,6 +50,7 @@ class UCF101Layout(Layout):
     how_to_get = HOW_TO_GET
     modality_names = ("visual", "flow")
     frame_modalities = {"visual": "RGB", "flow": "UV"}
+    normalize = {"visual": IMAGENET_NORMALIZE, "flow": ((FLOW_MEAN, FLOW_MEAN), (FLOW_STD, FLOW_STD))}
     cache_keys = ("split", "rgb_dir", "flow_u_dir", "flow_v_dir")
 
     def lists(self) -> dict[str, Path]:
@@ -109,10 +110,10 @@ class UCF101Layout(Layout):
         from torchvision.transforms import functional as F
 
         size = [self.p.image_size, self.p.image_size]
-        pair = torch.cat([F.to_tensor(F.resize(img, size)) for img in (u, v)])  # 2 x H x W in [0, 1]
+        pair = torch.cat([F.pil_to_tensor(F.resize(img, size)) for img in (u, v)])  # 2 x H x W uint8
         if train and bool(torch.rand(()) < 0.5):
             pair = pair.flip(-1)
-        return (pair - FLOW_MEAN) / FLOW_STD
+        return pair  # normalised on the device with (FLOW_MEAN, FLOW_STD), see UCF101Layout.normalize
 
 
 def build_ucf101(p: UCF101Params) -> DatasetBundle:
