@@ -8,7 +8,7 @@ and flips) in a DataLoader with `--workers` worker processes and batch 64. The t
 per modality + concat fusion, forward + backward + SGD, on synthetic tensors of the same shapes.
 
     python benchmarks/loader_throughput.py --dataset crema_d --workers 2 --device cpu
-    python benchmarks/loader_throughput.py --dataset crema_d --workers 14 --device cuda --clips 1024
+    python benchmarks/loader_throughput.py --dataset kinetics_sounds --workers 14 --device cuda --clips 400
 """
 from __future__ import annotations
 
@@ -84,15 +84,21 @@ def write_kinetics_sounds(root: Path, clips: int) -> None:
 WRITERS = {"crema_d": write_crema_d, "kinetics_sounds": write_kinetics_sounds}
 
 
-def loader_rate(data, workers: int, batch: int, batches: int) -> float:
-    loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=False, generator=torch.Generator().manual_seed(0))
-    if len(loader) < batches + 1:
-        raise SystemExit(f"--clips: {len(data)} training clips give {len(loader)} batches; need {batches + 1}")
+def loader_rate(data, workers: int, batch: int, rounds: int) -> float:
+    """Steady-state samples/s: clips are drawn with replacement (so a small folder feeds any number of
+    batches; its files sit in the page cache, as a hot shared-storage cache would), the first 2 x workers
+    batches (start-up and the prefetch queue) are not timed, then `rounds` x workers batches are."""
+    from torch.utils.data import RandomSampler
+
+    warm, timed = 2 * max(workers, 1), rounds * max(workers, 1)
+    sampler = RandomSampler(data, replacement=True, num_samples=(warm + timed) * batch,
+                            generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(data, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
     it = iter(loader)
-    next(it)  # worker start-up and the first batch are not throughput
+    for _ in range(warm):
+        next(it)
     start, n = time.perf_counter(), 0
-    for _ in range(batches):
+    for _ in range(timed):
         inputs, labels = next(it)
         n += len(labels)
     return n / (time.perf_counter() - start)
@@ -124,10 +130,10 @@ def step_rate(bundle, device: torch.device, batch: int, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(WRITERS), default="crema_d")
-    ap.add_argument("--clips", type=int, default=320)
+    ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--batches", type=int, default=3, help="timed batches per loader")
+    ap.add_argument("--rounds", type=int, default=4, help="timed batches per loader, in multiples of --workers")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", help="write the numbers here")
@@ -147,7 +153,7 @@ def main() -> None:
         for source, root in (("raw", raw), ("prepared", cache)):
             cfg = build_trial_config({"dataset": {"name": args.dataset, "root": str(root)}})
             bundle = build_dataset(args.dataset, cfg.dataset_params())
-            rates[source] = loader_rate(bundle.train, args.workers, args.batch, args.batches)
+            rates[source] = loader_rate(bundle.train, args.workers, args.batch, args.rounds)
         train_rate = step_rate(bundle, device, args.batch, args.steps)
 
     result = {

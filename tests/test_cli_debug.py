@@ -27,7 +27,7 @@ def test_debug_writes_metrics_json_with_the_documented_schema(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--balancer", "nope"], "balancer.name: unknown balancer 'nope'; allowed:"),
-    (["--dataset", "cifar"], "dataset.name: unknown dataset 'cifar'; allowed: crema_d, synthetic"),
+    (["--dataset", "cifar"], "dataset.name: unknown dataset 'cifar'; allowed: cmu_mosi, crema_d, kinetics_sounds, synthetic"),
     (["model.fusion=attention"], "model.fusion: Input should be 'concat', 'sum', 'film', 'gated' or 'late'"),
     (["optim.lrr=0.1"], "did you mean 'optim.lr'?"),
     (["epochs=two"], "epochs: Input should be a valid integer"),
