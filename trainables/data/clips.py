@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from trainables.config import ConfigError
 from trainables.data.base import DatasetBundle, ModalitySpec
-from trainables.data.frames import FrameArray, FrameFolder
+from trainables.data.frames import FrameArray
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = "mmstudy-prepared/1"
@@ -62,7 +62,7 @@ class Layout:
         raise NotImplementedError
 
     def read(self, clip: Clip) -> dict[str, Any]:
-        """One clip's decoded inputs: arrays, or FrameFolders for frame stacks."""
+        """One clip's decoded inputs: arrays, or FrameFolder / FlowFolder objects for frame stacks."""
         raise NotImplementedError
 
     def to_tensors(self, sample: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:

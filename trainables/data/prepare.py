@@ -46,6 +46,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def prepare_clip(layout: Layout, clip: Clip, dst: Path, frame_size: int) -> tuple[Clip, str, dict[str, Any]]:
     """Decode one clip and write one .npy per modality: ("cached"|"written"|"skipped", reason or shapes)."""
+    if not clip.id or "/" in clip.id or "\\" in clip.id or clip.id.startswith("."):
+        return clip, "skipped", {"reason": f"clip id {clip.id!r} is not a plain file name"}
     if all((dst / m / clip.split / f"{clip.id}.npy").is_file() for m in layout.modality_names):
         return clip, "cached", {}
     try:
