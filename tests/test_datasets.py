@@ -155,6 +155,12 @@ def test_prepare_is_resumable_idempotent_and_lists_corrupt_files(tmp_path, capsy
     assert "(1 written, 15 already there, 2 skipped)" in capsys.readouterr().out
     assert prepare("kinetics_sounds", src, dst) == 0
     assert "(0 written, 16 already there, 2 skipped)" in capsys.readouterr().out
+    # killed after the last clip but before the final manifest: only the in-progress header is on disk
+    header = {k: manifest[k] for k in ("format", "dataset", "source", "options")}
+    (dst / "manifest.json").write_text(json.dumps({**header, "complete": False}))
+    assert prepare("kinetics_sounds", src, dst) == 0
+    assert "(0 written, 16 already there, 2 skipped)" in capsys.readouterr().out
+    assert json.loads((dst / "manifest.json").read_text())["modalities"] == manifest["modalities"]
     b = bundle("kinetics_sounds", dst)
     assert len(b.train) + len(b.val) + len(b.test) == 16
 

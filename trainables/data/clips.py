@@ -68,6 +68,11 @@ class Layout:
     def to_tensors(self, sample: dict[str, Any], train: bool) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def cache_options(self) -> dict[str, Any]:
+        """The params that change what `prepare` stores, as a prepared manifest records them."""
+        params = self.p.model_dump(mode="json")
+        return {key: params[key] for key in self.cache_keys}
+
     def missing(self, clip: Clip) -> Path | None:
         """The first file or folder of `clip` that is not there (raw training skips such clips, as the
         reference loaders do; `prepare` lists them)."""
@@ -87,11 +92,13 @@ class PreparedReader:
         self.root, self.modalities, self.frame_modalities = root, modalities, frame_modalities
 
     def read(self, clip: Clip) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for m in self.modalities:
-            array = np.load(self.root / m / clip.split / f"{clip.id}.npy", mmap_mode="r")
-            out[m] = FrameArray(array, self.frame_modalities[m]) if m in self.frame_modalities else array
-        return out
+        arrays = {m: np.load(self.root / m / clip.split / f"{clip.id}.npy", mmap_mode="r") for m in self.modalities}
+        return as_read(arrays, self.frame_modalities)
+
+
+def as_read(arrays: dict[str, np.ndarray], frame_modalities: dict[str, str]) -> dict[str, Any]:
+    """Cached arrays in the form Layout.read gives: frame stacks wrapped so they index like frame folders."""
+    return {m: FrameArray(a, frame_modalities[m]) if m in frame_modalities else a for m, a in arrays.items()}
 
 
 class ClipDataset(Dataset):
@@ -147,12 +154,11 @@ def prepared_index(layout: Layout, manifest: dict) -> SourceIndex:
     if not manifest.get("complete"):
         raise ConfigError(f"dataset.root: the prepared cache at {layout.root} is incomplete (prepare was "
                           f"interrupted); run the same mmstudy prepare command again to finish it")
-    requested = layout.p.model_dump(mode="json")
-    for key in layout.cache_keys:
-        if manifest["options"].get(key) != requested.get(key):
+    for key, value in layout.cache_options().items():
+        if manifest["options"].get(key) != value:
             raise ConfigError(f"dataset.{key}: the prepared cache at {layout.root} was made with {key}="
-                              f"{manifest['options'].get(key)!r} (got {requested.get(key)!r}); prepare a cache "
-                              f"with {key}={requested.get(key)!r} or drop the override")
+                              f"{manifest['options'].get(key)!r} (got {value!r}); prepare a cache "
+                              f"with {key}={value!r} or drop the override")
     splits = {name: [Clip(cid, int(label), name) for cid, label in entry["clips"]]
               for name, entry in manifest["splits"].items()}
     return SourceIndex(splits=splits, classes=list(manifest["classes"]), split_files=[])

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from trainables.config import ConfigError
-from trainables.data.clips import CACHE_FORMAT, MANIFEST, Clip, Layout, read_manifest
-from trainables.data.frames import FrameArray
+from trainables.data.clips import CACHE_FORMAT, MANIFEST, Clip, Layout, as_read, read_manifest
 
 
 def sha256(path: Path) -> str:
@@ -45,7 +44,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def prepare_clip(layout: Layout, clip: Clip, dst: Path, frame_size: int) -> tuple[Clip, str, dict[str, Any]]:
-    """Decode one clip and write one .npy per modality: ("cached"|"written"|"skipped", reason or shapes)."""
+    """Decode one clip and write one .npy per modality: ("cached"|"written"|"skipped", {"reason": ...})."""
     if not clip.id or "/" in clip.id or "\\" in clip.id or clip.id.startswith("."):
         return clip, "skipped", {"reason": f"clip id {clip.id!r} is not a plain file name"}
     if all((dst / m / clip.split / f"{clip.id}.npy").is_file() for m in layout.modality_names):
@@ -54,14 +53,12 @@ def prepare_clip(layout: Layout, clip: Clip, dst: Path, frame_size: int) -> tupl
         sample = layout.read(clip)
         arrays = {m: (v.to_array(frame_size) if hasattr(v, "to_array") else np.asarray(v))
                   for m, v in sample.items()}
-        as_cached = {m: FrameArray(a, layout.frame_modalities[m]) if m in layout.frame_modalities else a
-                     for m, a in arrays.items()}
-        layout.to_tensors(as_cached, train=False)  # a clip the trainer cannot use is not cached
+        layout.to_tensors(as_read(arrays, layout.frame_modalities), train=False)  # unusable clips are not cached
     except Exception as err:  # noqa: BLE001 -- any unreadable file is reported, not fatal
         return clip, "skipped", {"reason": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
     for m, array in arrays.items():
         _atomic_save(dst / m / clip.split / f"{clip.id}.npy", array)
-    return clip, "written", {m: {"shape": list(a.shape), "dtype": str(a.dtype)} for m, a in arrays.items()}
+    return clip, "written", {}
 
 
 def _one_thread() -> None:
@@ -76,7 +73,8 @@ def _prepare_chunk(args) -> list[tuple[Clip, str, dict[str, Any]]]:
     return [prepare_clip(layout, c, dst, frame_size) for c in clips]
 
 
-def _check_destination(layout: Layout, src: Path, dst: Path, options: dict[str, Any]) -> dict | None:
+def _check_destination(layout: Layout, src: Path, dst: Path, options: dict[str, Any]) -> None:
+    """`dst` is new, empty, or a cache of the same dataset made with the same options (then it is resumed)."""
     if src.resolve() == dst.resolve():
         raise ConfigError("--dst: must differ from --src (the cache is written next to, not into, the raw data)")
     if dst.exists() and not dst.is_dir():
@@ -85,14 +83,13 @@ def _check_destination(layout: Layout, src: Path, dst: Path, options: dict[str, 
     if previous is None:
         if dst.is_dir() and any(dst.iterdir()):
             raise ConfigError(f"--dst: {dst} is not empty and holds no {MANIFEST}; choose an empty or new folder")
-        return None
+        return
     if previous["dataset"] != layout.name:
         raise ConfigError(f"--dst: {dst} holds a prepared {previous['dataset']!r}, not {layout.name!r}")
     for key, value in options.items():
         if previous["options"].get(key) != value:
             raise ConfigError(f"{key}: {dst} was prepared with {key}={previous['options'].get(key)!r} (got "
                               f"{value!r}); use a new --dst or the same options")
-    return previous
 
 
 def prepare(layout: Layout, dst: Path, frame_size: int = 0, workers: int | None = None,
@@ -102,13 +99,13 @@ def prepare(layout: Layout, dst: Path, frame_size: int = 0, workers: int | None 
 
     src, dst = layout.root, Path(dst).expanduser()
     layout.check()
-    options = {**{k: layout.p.model_dump(mode="json")[k] for k in layout.cache_keys}, "frame_size": frame_size}
-    previous = _check_destination(layout, src, dst, options)
+    options = {**layout.cache_options(), "frame_size": frame_size}
+    _check_destination(layout, src, dst, options)
     index = layout.index()
     dst.mkdir(parents=True, exist_ok=True)
     base = {"format": CACHE_FORMAT, "dataset": layout.name, "source": str(src.resolve()), "options": options,
             "complete": False}
-    _atomic_write_text(dst / MANIFEST, json.dumps({**(previous or {}), **base}, indent=1))
+    _atomic_write_text(dst / MANIFEST, json.dumps(base, indent=1))
 
     clips = [c for split in index.splits.values() for c in split]
     workers = max(1, min(workers or os.cpu_count() or 1, 32))
@@ -131,13 +128,15 @@ def prepare(layout: Layout, dst: Path, frame_size: int = 0, workers: int | None 
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
-    shapes = next((info for _, status, info in results if status == "written"), None)
-    if shapes is None:
-        shapes = (previous or {}).get("modalities")
-    if shapes is None:
+    kept = {c for c, status, _ in results if status != "skipped"}
+    first = next((c for c, status, _ in results if status != "skipped"), None)
+    if first is None:
         raise ConfigError(f"--src: no clip of {src} could be read (first reason: "
                           f"{next((i['reason'] for _, s, i in results if s == 'skipped'), 'no clips')})")
-    kept = {c for c, status, _ in results if status != "skipped"}
+    # Shapes from the files themselves (header only), so a run that finds every clip already cached needs no
+    # record of what an earlier, interrupted run wrote.
+    headers = {m: np.load(dst / m / first.split / f"{first.id}.npy", mmap_mode="r") for m in layout.modality_names}
+    shapes = {m: {"shape": list(a.shape), "dtype": str(a.dtype)} for m, a in headers.items()}
     skipped = [{"split": c.split, "clip": c.id, "reason": info["reason"]} for c, s, info in results if s == "skipped"]
     manifest = {
         **base, "complete": True, "modalities": shapes, "classes": index.classes,
