@@ -1,6 +1,7 @@
 """What every dataset hands the trainer: three splits and a description of each modality."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,9 +27,15 @@ def model_input(x: torch.Tensor, spec: ModalitySpec, device: torch.device) -> to
     x = x.to(device, non_blocking=True)
     if spec.normalize is None:
         return x.float()
-    mean, std = (torch.tensor(v, device=device, dtype=torch.float32).view(-1, *([1] * (x.dim() - 2)))
-                 for v in spec.normalize)
+    mean, std = _channel_stats(spec.normalize, device, x.dim())
     return (x.float() / 255.0 - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_stats(normalize: tuple, device: torch.device, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) on `device`, shaped to broadcast over B x C x ...; made once, not copied every batch."""
+    shape = (-1, *([1] * (ndim - 2)))
+    return tuple(torch.tensor(v, device=device, dtype=torch.float32).view(shape) for v in normalize)
 
 
 class MultimodalTensorDataset(Dataset):
