@@ -26,7 +26,8 @@ from trainables.data.registry import register_dataset
 HOW_TO_GET = ("CMU-MOSI: the aligned/unaligned feature pickles distributed with MulT (github.com/yaohungt/"
               "Multimodal-Transformer, mosi_data.pkl / mosi_data_noalign.pkl); see docs/datasets.md")
 CLASSES = ["negative", "positive"]
-SPLITS = {"train": "train", "valid": "val", "test": "test"}
+SPLITS = {"train": "train", "valid": "val", "test": "test"}  # pickle key -> our split
+PICKLE_KEY = {ours: key for key, ours in SPLITS.items()}
 FEATURES = {"text": "text", "audio": "audio", "visual": "vision"}
 _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
             ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
@@ -98,7 +99,7 @@ class CmuMosiLayout(Layout):
         return SourceIndex(splits, CLASSES, [self.pickle_path])
 
     def read(self, clip: Clip) -> dict:
-        part = self.data()[{v: k for k, v in SPLITS.items()}[clip.split]]
+        part = self.data()[PICKLE_KEY[clip.split]]
         i = int(clip.id)
         out = {m: np.asarray(part[key][i], dtype=np.float32) for m, key in FEATURES.items()}
         out["audio"] = np.where(np.isneginf(out["audio"]), 0.0, out["audio"]).astype(np.float32)
