@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,37 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+def new_sqlite_store(uri: str) -> bool:
+    """True for a sqlite:/// URI whose file does not exist yet in a writable folder."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = Path(uri[len("sqlite:///"):])
+    return not path.exists() and path.parent.is_dir() and os.access(path.parent, os.W_OK)
+
+
+def connect_and_start_ray(uri: str, address: str | None):
+    """(MLflow client, whether we started Ray).
+
+    A tracking store is checked before Ray starts, so an unreachable one is a one-line error. The exception
+    is a new SQLite file: creating it (MLflow's schema migrations, ~1.5 s) cannot meet an unreachable
+    server, so it runs in a thread while Ray starts -- Ray's start is mostly waiting on its own processes.
+    """
+    if not new_sqlite_store(uri):
+        client = connect(uri)
+        return client, init_ray(address)
+    with ThreadPoolExecutor(1, thread_name_prefix="mmstudy-mlflow") as pool:
+        tracking = pool.submit(connect, uri)
+        started_ray = init_ray(address)
+        try:
+            return tracking.result(), started_ray
+        except BaseException:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+            raise
+
+
 def trainable_for(cfg: StudyConfig, base: dict[str, Any]):
     """The trial function with the data placed once in Ray's object store and the trial's resources."""
     from ray import tune
@@ -190,8 +222,7 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 1
     check_storage(study_dir)
     base = cfg.base_trial()
     uri = cfg.resolved_tracking_uri()
-    client = connect(uri)
-    started_ray = init_ray(cfg.ray_address)
+    client, started_ray = connect_and_start_ray(uri, cfg.ray_address)
     try:
         trainable = trainable_for(cfg, base)
         param_space, search_alg, scheduler, num_samples = build_search(cfg, base)
@@ -227,8 +258,7 @@ def resume_study(study_dir: str | Path, verbose: int = 1):
     cfg = load_study_config(None, raw=info["config"])
     if not (study_dir / TUNE_DIR).exists() or not tune.Tuner.can_restore(str(study_dir / TUNE_DIR)):
         raise ConfigError(f"study: '{study_dir}' has no restorable Tune experiment (was it started?)")
-    connect(info["tracking_uri"])
-    started_ray = init_ray(cfg.ray_address)
+    _, started_ray = connect_and_start_ray(info["tracking_uri"], cfg.ray_address)
     try:
         tuner = tune.Tuner.restore(str(study_dir / TUNE_DIR), trainable=trainable_for(cfg, cfg.base_trial()),
                                    resume_unfinished=True, resume_errored=True)

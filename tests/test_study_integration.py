@@ -191,3 +191,15 @@ def test_runs_of_trials_tune_never_recorded_are_removed(tmp_path):
     assert [r.info.run_id for r in active] == [kept]
     gone = client.get_run(lost)
     assert gone.info.lifecycle_stage == "deleted" and gone.data.tags["mmstudy.status"] == "orphaned"
+
+
+def test_only_a_new_local_sqlite_store_is_created_while_ray_starts(tmp_path):
+    """Everything else is checked before Ray starts, so an unreachable server stays a one-line error."""
+    from study.runner import new_sqlite_store
+
+    assert new_sqlite_store(f"sqlite:///{tmp_path}/mlflow.db")
+    (tmp_path / "old.db").write_bytes(b"")
+    assert not new_sqlite_store(f"sqlite:///{tmp_path}/old.db")
+    assert not new_sqlite_store(f"sqlite:///{tmp_path}/missing/mlflow.db")
+    assert not new_sqlite_store("http://127.0.0.1:5000")
+    assert not new_sqlite_store(str(tmp_path / "mlruns"))

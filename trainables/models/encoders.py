@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 from trainables.data.base import ModalitySpec
 
@@ -39,7 +38,11 @@ def small_cnn(in_channels: int, width: int) -> nn.Sequential:
 
 def resnet18_trunk(in_channels: int) -> nn.Sequential:
     """torchvision's ResNet-18 up to layer4, trained from scratch; 1-channel stem for spectrograms
-    (as the OGM-GE / InfoReg / RedReg reference code does)."""
+    (as the OGM-GE / InfoReg / RedReg reference code does). torchvision is imported here, not at module
+    level: importing it costs about a second, which every trial actor and driver would pay for nothing
+    when a study uses the small encoder."""
+    from torchvision.models import resnet18
+
     net = resnet18(weights=None)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
