@@ -1,17 +1,24 @@
 """Orchestration overhead: wall time of N trials through `mmstudy run` divided by the same N trainer calls in
 a plain Python process pool at the same concurrency, measured in one run.
 
-Trials are sized to about `--trial-seconds` each (one epoch is timed first). The study side includes
-everything a user pays for: starting Ray, Optuna, the object store, per-epoch checkpoints, MLflow logging.
+Trials are sized to about `--trial-seconds` each from the steady-state epoch time (epochs 2-4 of a trainer
+in a 1-thread process; the first epoch pays one-off warm-up and would make trials shorter than asked). The
+study side includes everything a user pays for: importing, starting Ray, a new MLflow store and its parent
+run, the data through the object store, Optuna, per-epoch checkpoints and MLflow logging of every epoch.
 
-    python benchmarks/orchestration_overhead.py --trial-seconds 10 --trials 4 --concurrency 2
-    python benchmarks/orchestration_overhead.py --trial-seconds 60 --trials 4 --concurrency 2
+This machine's speed drifts by several per cent from minute to minute, so `--repeats R` alternates the two
+sides R times and reports the ratio of the summed wall times (and each repeat's). `--fixed-cost` also times
+a 1-trial, 1-epoch study against one such trainer call: the per-study cost that N trials share.
+
+    python benchmarks/orchestration_overhead.py --trial-seconds 10 --trials 4 --concurrency 2 --repeats 2
+    python benchmarks/orchestration_overhead.py --trial-seconds 60 --trials 4 --concurrency 2 --repeats 2
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,22 +29,27 @@ from pathlib import Path
 TRIAL = {"dataset": {"name": "synthetic", "size": "tiny"}, "model": {"encoder": "small"}, "balancer": {"name": "none"}}
 
 
-def _one_trial(epochs: int) -> float:
+def _one_trial(epochs: int) -> list[float]:
+    """Train one trial as a Tune trial would (1 thread: Ray sets OMP_NUM_THREADS=1 for a 1-CPU trial);
+    returns each epoch's seconds."""
     import torch
 
-    torch.set_num_threads(1)  # what a 1-CPU Tune trial gets (Ray sets OMP_NUM_THREADS=1)
+    torch.set_num_threads(1)
     from trainables.config import build_trial_config
     from trainables.trainer import Trainer
 
-    cfg = build_trial_config(TRIAL, {"epochs": epochs})
-    start = time.perf_counter()
-    Trainer(cfg).fit()
-    return time.perf_counter() - start
+    trainer = Trainer(build_trial_config(TRIAL, {"epochs": epochs}))
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        trainer.train_epoch()
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def epoch_seconds() -> float:
     with ProcessPoolExecutor(1) as pool:
-        return pool.submit(_one_trial, 2).result() / 2
+        return statistics.median(pool.submit(_one_trial, 4).result()[1:])
 
 
 def plain_loop(trials: int, concurrency: int, epochs: int) -> float:
@@ -68,15 +80,33 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=1, help="the study's checkpoint_every")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate plain pool and study this many times")
+    parser.add_argument("--fixed-cost", action="store_true", help="also time a 1-trial, 1-epoch study")
+    parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     per_epoch = epoch_seconds()
     epochs = max(1, round(args.trial_seconds / per_epoch))
-    loop = plain_loop(args.trials, args.concurrency, epochs)
-    study = through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every)
     print(f"trials={args.trials} concurrency={args.concurrency} epochs/trial={epochs} "
-          f"checkpoint_every={args.checkpoint_every} "
-          f"(~{epochs * per_epoch:.1f} s/trial) cpus={os.cpu_count()}")
-    print(f"plain process pool: {loop:.1f} s   mmstudy run: {study:.1f} s   overhead ratio: {study / loop:.3f}")
+          f"(steady epoch {per_epoch:.2f} s, ~{epochs * per_epoch:.1f} s/trial) "
+          f"checkpoint_every={args.checkpoint_every} cpus={os.cpu_count()}", flush=True)
+    loops, studies = [], []
+    for repeat in range(args.repeats):
+        loops.append(plain_loop(args.trials, args.concurrency, epochs))
+        studies.append(through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every))
+        print(f"repeat {repeat + 1}: plain process pool {loops[-1]:.1f} s   mmstudy run {studies[-1]:.1f} s   "
+              f"ratio {studies[-1] / loops[-1]:.3f}", flush=True)
+    result = {"trials": args.trials, "concurrency": args.concurrency, "epochs_per_trial": epochs,
+              "epoch_seconds": per_epoch, "checkpoint_every": args.checkpoint_every, "cpus": os.cpu_count(),
+              "plain_s": loops, "mmstudy_s": studies, "ratio": sum(studies) / sum(loops)}
+    if args.fixed_cost:
+        one_epoch = plain_loop(1, 1, 1)
+        study = through_mmstudy(1, 1, 1, 1)
+        result.update(fixed_plain_s=one_epoch, fixed_mmstudy_s=study, fixed_cost_s=study - one_epoch)
+        print(f"fixed cost: a 1-trial 1-epoch study {study:.1f} s vs one trainer call {one_epoch:.1f} s "
+              f"-> {study - one_epoch:.1f} s per study")
+    print(f"overhead ratio (summed over {args.repeats} repeat(s)): {result['ratio']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -127,5 +127,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_without_teardown(code: int) -> None:
+    """Exit once every atexit handler has run (Ray's shutdown, logging's flush, temp-folder cleanup), but
+    skip the interpreter's teardown of the torch, Ray and MLflow module graphs: about a second of freeing
+    objects that buys a finished command nothing. Falls back to a normal exit while a non-daemon thread
+    still runs, since such a thread would expect to finish."""
+    import atexit
+    import os
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def entry_point() -> None:
+    """The `mmstudy` console script."""
+    exit_without_teardown(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()
