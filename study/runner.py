@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from study.config import StudyConfig, load_study_config
-from study.tracking import MlflowStudyCallback, connect, ensure_experiment, git_commit, log_params
 from trainables.config import ConfigError, build_trial_config, flatten
 
 STUDY_FILE = "study.json"
@@ -129,6 +128,8 @@ def connect_and_start_ray(uri: str, address: str | None):
     is a new SQLite file: creating it (MLflow's schema migrations, ~1.5 s) cannot meet an unreachable
     server, so it runs in a thread while Ray starts -- Ray's start is mostly waiting on its own processes.
     """
+    from study.tracking import connect  # MLflow, Ray Tune and torch: imported by the commands that use them
+
     if not new_sqlite_store(uri):
         client = connect(uri)
         return client, init_ray(address)
@@ -177,6 +178,8 @@ def read_study_file(study_dir: str | Path) -> dict[str, Any]:
 def start_records(cfg: StudyConfig, client, experiment_id: str, config_path: str | None, study_dir: Path,
                   uri: str) -> dict[str, Any]:
     """The parent MLflow run and the study folder -- both or neither: a failure here removes what was made."""
+    from study.tracking import git_commit, log_params
+
     trial = build_trial_config(cfg.base_trial())
     parent_id = None
     try:
@@ -214,6 +217,8 @@ def start_records(cfg: StudyConfig, client, experiment_id: str, config_path: str
 def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 1):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+
+    from study.tracking import MlflowStudyCallback, ensure_experiment
 
     study_dir = cfg.study_dir()
     if (study_dir / STUDY_FILE).exists():
