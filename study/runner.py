@@ -268,12 +268,28 @@ def resume_study(study_dir: str | Path, verbose: int = 1):
         tuner = tune.Tuner.restore(str(study_dir / TUNE_DIR), trainable=trainable_for(cfg, cfg.base_trial()),
                                    resume_unfinished=True, resume_errored=True)
         results = tuner.fit()
+        backfill(study_dir, info, cfg)
         return finish(study_dir, info, results)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def backfill(study_dir: Path, info: dict[str, Any], cfg: StudyConfig) -> None:
+    """After a resume, log what the killed driver had not yet written to MLflow (its last epochs or run
+    closings): the study folder has every result, and the replay skips what MLflow already has."""
+    from study.tracking import sync_study
+
+    try:
+        counts = sync_study(study_dir, info, cfg.base_trial(), list(cfg.seeds))
+    except Exception as err:  # noqa: BLE001
+        print(f"mmstudy: warning: could not back-fill MLflow ({str(err).splitlines()[0][:200]}); "
+              f"run `mmstudy sync {study_dir}` later")
+        return
+    if counts["epochs_logged"]:
+        print(f"mmstudy: back-filled {counts['epochs_logged']} epochs the interrupted driver had not logged")
 
 
 def finish(study_dir: Path, info: dict[str, Any], results) -> Any:

@@ -12,6 +12,7 @@ import re
 import logging
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,14 @@ def trial_config_from_run(run_id: str, tracking_uri: str | None = None) -> dict[
 
 class MlflowStudyCallback(Callback):
     """Driver-side: creates/attaches each trial's child run, logs per-epoch metrics (step = epoch),
-    and closes it with a status: finished, pruned (stopped early by the scheduler), diverged or failed."""
+    and closes it with a status: finished, pruned (stopped early by the scheduler), diverged or failed.
+
+    The writes run in one background thread, in the order Tune's hooks call them: Tune pauses a trial
+    from its report until the driver's loop has handled the result, so an MLflow round trip in the loop
+    (a remote server: tens of ms, several per result) would stall every trial at every epoch. The thread
+    is drained at the end of the experiment; a driver killed before that leaves the last writes to
+    `mmstudy resume` / `mmstudy sync`, which back-fill from the study folder.
+    """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study_name: str,
                  base: dict[str, Any], seeds: list[int], epochs: int):
@@ -124,11 +132,24 @@ class MlflowStudyCallback(Callback):
         self._last_step: dict[str, int] = {}
         self._failing_since: float | None = None
         self._last_try = 0.0
+        self._writer: ThreadPoolExecutor | None = None
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state; clients are not state
         state = dict(self.__dict__)
-        state.update(_client=None, _runs={}, _last_step={}, _failing_since=None)
+        state.update(_client=None, _runs={}, _last_step={}, _failing_since=None, _writer=None)
         return state
+
+    def _submit(self, what: str, fn, *args) -> None:
+        """Queue one MLflow write; one worker thread keeps them in order (a run exists before its metrics)."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="mmstudy-mlflow")
+        self._writer.submit(self._safely, what, fn, *args)
+
+    def drain(self) -> None:
+        """Wait for every queued write."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     @property
     def client(self) -> MlflowClient:
@@ -207,23 +228,25 @@ class MlflowStudyCallback(Callback):
         self.client.set_terminated(run_id, status=mlflow_status)
 
     # -- Tune hooks ------------------------------------------------------------------
+    # Arguments are evaluated here, in Tune's loop, so the queued write sees the trial as it was then.
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._safely("run creation", self.run_for, trial.trial_id, trial_point(trial.config))
+        self._submit("run creation", self.run_for, trial.trial_id, trial_point(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._safely("metric logging", self.log_result, trial.trial_id, trial_point(trial.config), result)
+        self._submit("metric logging", self.log_result, trial.trial_id, trial_point(trial.config), dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         status, reason = self.final_status(last)
-        self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), status, reason)
+        self._submit("run closing", self.close, trial.trial_id, trial_point(trial.config), status, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = last_error_line(getattr(trial, "error_file", None))
-        self._safely("run closing", self.close, trial.trial_id, trial_point(trial.config), "failed", reason)
+        self._submit("run closing", self.close, trial.trial_id, trial_point(trial.config), "failed", reason)
 
     def on_experiment_end(self, trials, **info):
-        self._safely("orphan clean-up", self.remove_orphans, {t.trial_id for t in trials})
+        self._submit("orphan clean-up", self.remove_orphans, {t.trial_id for t in trials})
+        self.drain()
 
     def remove_orphans(self, known: set[str]) -> int:
         """A driver killed after a trial's run was created but before Tune persisted the trial leaves a run

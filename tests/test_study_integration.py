@@ -203,3 +203,39 @@ def test_only_a_new_local_sqlite_store_is_created_while_ray_starts(tmp_path):
     assert not new_sqlite_store(f"sqlite:///{tmp_path}/missing/mlflow.db")
     assert not new_sqlite_store("http://127.0.0.1:5000")
     assert not new_sqlite_store(str(tmp_path / "mlruns"))
+
+
+def test_mlflow_writes_leave_tunes_loop_and_land_in_order(tmp_path):
+    """Tune pauses a trial until the driver has handled its report, so the callback's hooks only queue the
+    MLflow writes: with a store taking 0.5 s per write, a trial's start, three epochs and its end are queued
+    in less than one write, and when the experiment ends every write is there, in order, the run closed."""
+    from types import SimpleNamespace
+
+    from study.tracking import MlflowStudyCallback, ensure_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = ensure_experiment(client, "mmstudy/queued")
+    parent = client.create_run(exp).info.run_id
+    callback = MlflowStudyCallback(uri, exp, parent, "queued", TINY_TRIAL, [0], 3)
+    real_log_batch = callback.client.log_batch
+
+    def slow_log_batch(*args, **kwargs):  # a tracking server far away
+        time.sleep(0.5)
+        return real_log_batch(*args, **kwargs)
+
+    callback.client.log_batch = slow_log_batch
+    trial = SimpleNamespace(trial_id="t_1", config={}, last_result=None, error_file=None)
+    start = time.perf_counter()
+    callback.on_trial_start(0, [trial], trial)
+    for epoch in (1, 2, 3):
+        result = {"training_iteration": epoch, "val_acc": epoch / 10, "epoch": epoch}
+        callback.on_trial_result(0, [trial], trial, result)
+        trial.last_result = result
+    callback.on_trial_complete(0, [trial], trial)
+    assert time.perf_counter() - start < 0.5
+    callback.on_experiment_end([trial])
+    run = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")[0]
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
+    assert run.info.status == "FINISHED" and run.data.tags["mmstudy.status"] == "finished"
