@@ -9,6 +9,7 @@ run, the data through the object store, Optuna, per-epoch checkpoints and MLflow
 This machine's speed drifts by several per cent from minute to minute, so `--repeats R` alternates the two
 sides R times and reports the ratio of the summed wall times (and each repeat's). `--fixed-cost` also times
 a 1-trial, 1-epoch study against one such trainer call: the per-study cost that N trials share.
+`--address` runs the studies on a Ray started once (`ray start --head`) instead of one per study.
 
     python benchmarks/orchestration_overhead.py --trial-seconds 10 --trials 4 --concurrency 2 --repeats 2
     python benchmarks/orchestration_overhead.py --trial-seconds 60 --trials 4 --concurrency 2 --repeats 2
@@ -59,13 +60,15 @@ def plain_loop(trials: int, concurrency: int, epochs: int) -> float:
     return time.perf_counter() - start
 
 
-def through_mmstudy(trials: int, concurrency: int, epochs: int, checkpoint_every: int) -> float:
+def through_mmstudy(trials: int, concurrency: int, epochs: int, checkpoint_every: int, address: str | None) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         config = {"name": "overhead", "trial": dict(TRIAL, epochs=epochs), "search_space": "none",
                   "searcher": "random", "scheduler": "none", "num_samples": trials, "max_concurrent": concurrency,
                   "resources": {"cpu": 1}, "storage_path": str(Path(tmp) / "runs"),
                   "checkpoint_every": checkpoint_every,
                   "tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
+        if address:
+            config["ray_address"] = address
         path = Path(tmp) / "study.yaml"
         path.write_text(json.dumps(config))
         start = time.perf_counter()
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=1, help="the study's checkpoint_every")
     parser.add_argument("--repeats", type=int, default=1, help="alternate plain pool and study this many times")
     parser.add_argument("--fixed-cost", action="store_true", help="also time a 1-trial, 1-epoch study")
+    parser.add_argument("--address", help="run the studies on this running Ray (`ray start --head`) instead of "
+                                          "starting one per study")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     per_epoch = epoch_seconds()
@@ -92,15 +97,16 @@ def main() -> None:
     loops, studies = [], []
     for repeat in range(args.repeats):
         loops.append(plain_loop(args.trials, args.concurrency, epochs))
-        studies.append(through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every))
+        studies.append(through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every,
+                                       args.address))
         print(f"repeat {repeat + 1}: plain process pool {loops[-1]:.1f} s   mmstudy run {studies[-1]:.1f} s   "
               f"ratio {studies[-1] / loops[-1]:.3f}", flush=True)
-    result = {"trials": args.trials, "concurrency": args.concurrency, "epochs_per_trial": epochs,
+    result = {"address": args.address, "trials": args.trials, "concurrency": args.concurrency, "epochs_per_trial": epochs,
               "epoch_seconds": per_epoch, "checkpoint_every": args.checkpoint_every, "cpus": os.cpu_count(),
               "plain_s": loops, "mmstudy_s": studies, "ratio": sum(studies) / sum(loops)}
     if args.fixed_cost:
         one_epoch = plain_loop(1, 1, 1)
-        study = through_mmstudy(1, 1, 1, 1)
+        study = through_mmstudy(1, 1, 1, 1, args.address)
         result.update(fixed_plain_s=one_epoch, fixed_mmstudy_s=study, fixed_cost_s=study - one_epoch)
         print(f"fixed cost: a 1-trial 1-epoch study {study:.1f} s vs one trainer call {one_epoch:.1f} s "
               f"-> {study - one_epoch:.1f} s per study")

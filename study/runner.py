@@ -113,6 +113,26 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+def check_trial_fits(cpu: float, gpu: float, started_ray: bool) -> None:
+    """A trial that no node can hold would leave Tune waiting forever. On a Ray this command started (nothing
+    will join it) that is a one-line error before anything is written; on a cluster, which may autoscale,
+    a warning."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in nodes):
+        return
+    largest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    have = f"CPU {largest.get('CPU', 0):g}, GPU {largest.get('GPU', 0):g}"
+    field = "resources.gpu" if gpu > largest.get("GPU", 0) else "resources.cpu"
+    if started_ray:
+        raise ConfigError(f"{field}: a trial asks for {cpu:g} CPU and {gpu:g} GPU but this machine's local Ray has "
+                          f"{have}; lower {field} (GPU fractions such as 0.5 share one GPU) or set ray_address "
+                          f"to a cluster that has them")
+    print(f"mmstudy: warning: no node of the Ray cluster has {cpu:g} CPU and {gpu:g} GPU for one trial (largest "
+          f"node: {have}); trials wait until the cluster scales up", flush=True)
+
+
 def new_sqlite_store(uri: str) -> bool:
     """True for a sqlite:/// URI whose file does not exist yet in a writable folder."""
     if not uri.startswith("sqlite:///"):
@@ -229,6 +249,7 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 1
     uri = cfg.resolved_tracking_uri()
     client, started_ray = connect_and_start_ray(uri, cfg.ray_address)
     try:
+        check_trial_fits(cfg.resources.cpu, cfg.resources.gpu, started_ray)
         trainable = trainable_for(cfg, base)
         param_space, search_alg, scheduler, num_samples = build_search(cfg, base)
         experiment_id = ensure_experiment(client, cfg.resolved_experiment())
@@ -265,6 +286,7 @@ def resume_study(study_dir: str | Path, verbose: int = 1):
         raise ConfigError(f"study: '{study_dir}' has no restorable Tune experiment (was it started?)")
     _, started_ray = connect_and_start_ray(info["tracking_uri"], cfg.ray_address)
     try:
+        check_trial_fits(cfg.resources.cpu, cfg.resources.gpu, started_ray)
         tuner = tune.Tuner.restore(str(study_dir / TUNE_DIR), trainable=trainable_for(cfg, cfg.base_trial()),
                                    resume_unfinished=True, resume_errored=True)
         results = tuner.fit()

@@ -130,13 +130,14 @@ class MlflowStudyCallback(Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._placed: dict[str, tuple] = {}
         self._failing_since: float | None = None
         self._last_try = 0.0
         self._writer: ThreadPoolExecutor | None = None
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state; clients are not state
         state = dict(self.__dict__)
-        state.update(_client=None, _runs={}, _last_step={}, _failing_since=None, _writer=None)
+        state.update(_client=None, _runs={}, _last_step={}, _placed={}, _failing_since=None, _writer=None)
         return state
 
     def _submit(self, what: str, fn, *args) -> None:
@@ -219,6 +220,11 @@ class MlflowStudyCallback(Callback):
         for i in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[i:i + 500])
         self._last_step[trial_id] = step
+        placed = (result.get("device"), result.get("hostname"), result.get("node_ip"))
+        if placed[0] and self._placed.get(trial_id) != placed:  # first result, or the trial moved (restore)
+            self.client.log_batch(run_id, tags=[RunTag("mmstudy.device", str(placed[0])),
+                                                RunTag("mmstudy.node", f"{placed[1]} ({placed[2]})")])
+            self._placed[trial_id] = placed
 
     def close(self, trial_id: str, point: dict[str, Any], status: str, reason: str) -> None:
         run_id = self.run_for(trial_id, point)

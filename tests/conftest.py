@@ -29,7 +29,9 @@ def ray_local():
     # workers import the fault-injection balancers in tests/, as a user's PYTHONPATH=. would let them
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     pythonpath = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # One logical GPU (there is no CUDA here): Ray schedules by it and sets CUDA_VISIBLE_DEVICES, so tests
+    # can check that trials are placed by their GPU fractions; torch still sees no GPU and trains on the CPU.
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     yield
     ray.shutdown()

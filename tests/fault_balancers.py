@@ -26,3 +26,31 @@ class CrashAtEpoch(Balancer):
         if self.p.always or not marker.exists():
             marker.write_text("crashed")
             raise RuntimeError(f"injected fault at epoch {state.epoch + 1}")
+
+
+class PlacementParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    folder: str
+    hold_s: float = 0.5  # per epoch, so that trials placed together really overlap
+
+
+class RecordPlacement(Balancer):
+    """Records, per epoch, when and where the trial ran (pid, the GPU ids Ray gave it): the resource tests
+    read these files to see which trials ran at the same time."""
+
+    name = "record_placement"
+    Params = PlacementParams
+
+    def on_epoch_start(self, state):
+        import json
+        import os
+        import time
+
+        import ray
+
+        start = time.time()
+        time.sleep(self.p.hold_s)
+        row = {"pid": os.getpid(), "start": start, "end": time.time(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        with open(Path(self.p.folder) / f"{os.getpid()}-{start:.6f}.json", "w") as fh:
+            json.dump(row, fh)

@@ -239,3 +239,51 @@ def test_mlflow_writes_leave_tunes_loop_and_land_in_order(tmp_path):
     history = client.get_metric_history(run.info.run_id, "val_acc")
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
     assert run.info.status == "FINISHED" and run.data.tags["mmstudy.status"] == "finished"
+
+
+def _most_at_once(rows: list[dict]) -> int:
+    """The largest number of epoch intervals (one trial process each) that overlap in time."""
+    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("gpu, expected", [(0.25, 4), (0.5, 2), (1.0, 1)])
+def test_gpu_fractions_decide_how_many_trials_share_a_gpu(tmp_path, ray_local, gpu, expected):
+    """On a Ray with 2 CPUs and 1 GPU, trials asking 0.5 CPU could run 4 at once; their GPU share decides:
+    0.25 GPU -> all four at once, 0.5 GPU -> two at a time on GPU 0, 1 GPU -> one at a time."""
+    folder = tmp_path / "placements"
+    folder.mkdir()
+    trial = dict(TINY_TRIAL, epochs=2, balancer={"name": "fault_balancers:RecordPlacement", "folder": str(folder)})
+    raw = study_raw(tmp_path, f"gpu{gpu}", trial=trial, mode="compare", variants={v: {} for v in "abcd"}, search_space=None,
+                    max_concurrent=4, resources={"cpu": 0.5, "gpu": gpu})
+    cfg = load_study_config(None, raw=raw)
+    results = run_study(cfg, verbose=0)
+    assert len(results) == 4 and not results.errors
+    rows = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    assert len(rows) == 4 * 2
+    assert _most_at_once(rows) == expected
+    assert {r["cuda_visible_devices"] for r in rows} == {"0"} and {tuple(r["gpu_ids"]) for r in rows} == {("0",)}
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    _, runs = children(client, cfg.study_dir())
+    assert {r.data.tags["mmstudy.device"] for r in runs} == {"cpu"}  # no CUDA here: the trainer fell back
+    assert all(r.data.tags["mmstudy.node"] for r in runs)
+
+
+def test_a_trial_no_node_can_hold_is_a_one_line_error_before_anything_is_written(tmp_path):
+    """A local Ray started by `mmstudy run` on a machine without a GPU cannot place resources.gpu=0.5."""
+    raw = study_raw(tmp_path, "nogpu", resources={"cpu": 1, "gpu": 0.5})
+    config = tmp_path / "nogpu.yaml"
+    config.write_text(json.dumps(raw))
+    out = subprocess.run([sys.executable, "-m", "study.cli", "run", str(config)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 2, out.stderr[-2000:]
+    error = out.stderr.strip().splitlines()[-1]
+    assert error.startswith("mmstudy: error: resources.gpu: a trial asks for 1 CPU and 0.5 GPU") and "GPU 0" in error
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs" / "nogpu").exists()
+    assert not MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()])

@@ -53,6 +53,19 @@ def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dic
     return out
 
 
+def device_label(device) -> str:
+    """Where a trial trains, for its MLflow run: 'cpu', or the GPU's name and the ids Ray gave the trial
+    (several trials share one id when `resources.gpu` is a fraction)."""
+    if device.type != "cuda":
+        return device.type
+    import ray
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    ids = ",".join(str(i) for i in ray.get_gpu_ids()) or "none"
+    return f"cuda:{index} {torch.cuda.get_device_name(index)} (Ray GPU ids {ids})"
+
+
 def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
               data: DatasetBundle | None = None, checkpoint_every: int = 1, metric: str = "val_acc") -> None:
     seeds = seeds or [0]
@@ -70,6 +83,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds:
             for seed, trainer in zip(seeds, trainers):
                 trainer.load(os.path.join(folder, f"seed_{seed}.pt"))
     epochs = trainers[0].cfg.epochs
+    device = device_label(trainers[0].device)
     while trainers[0].epoch < epochs:
         try:
             records = [t.train_epoch() for t in trainers]
@@ -79,7 +93,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds:
                          "val_acc": nan, "best_val_acc": nan, metric: nan})
             return
         metrics = summarize(records, [t.best() for t in trainers])
-        metrics["diverged"] = 0.0
+        metrics.update(diverged=0.0, device=device)
         epoch = trainers[0].epoch
         if epoch % checkpoint_every and epoch < epochs:
             tune.report(metrics)
