@@ -9,7 +9,9 @@ run, the data through the object store, Optuna, per-epoch checkpoints and MLflow
 This machine's speed drifts by several per cent from minute to minute, so `--repeats R` alternates the two
 sides R times and reports the ratio of the summed wall times (and each repeat's). `--fixed-cost` also times
 a 1-trial, 1-epoch study against one such trainer call: the per-study cost that N trials share.
-`--address` runs the studies on a Ray started once (`ray start --head`) instead of one per study.
+`--address` runs the studies on a Ray started once (`ray start --head`) instead of one per study; with
+`--also-local` each repeat times both kinds of study (plain pool, study on that Ray, study starting its own
+Ray), so the two ratios come from the same minutes of this machine.
 
     python benchmarks/orchestration_overhead.py --trial-seconds 10 --trials 4 --concurrency 2 --repeats 2
     python benchmarks/orchestration_overhead.py --trial-seconds 60 --trials 4 --concurrency 2 --repeats 2
@@ -87,6 +89,8 @@ def main() -> None:
     parser.add_argument("--fixed-cost", action="store_true", help="also time a 1-trial, 1-epoch study")
     parser.add_argument("--address", help="run the studies on this running Ray (`ray start --head`) instead of "
                                           "starting one per study")
+    parser.add_argument("--also-local", action="store_true",
+                        help="with --address: also time a study that starts its own Ray in each repeat")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
     per_epoch = epoch_seconds()
@@ -94,16 +98,25 @@ def main() -> None:
     print(f"trials={args.trials} concurrency={args.concurrency} epochs/trial={epochs} "
           f"(steady epoch {per_epoch:.2f} s, ~{epochs * per_epoch:.1f} s/trial) "
           f"checkpoint_every={args.checkpoint_every} cpus={os.cpu_count()}", flush=True)
-    loops, studies = [], []
+    if args.also_local and not args.address:
+        parser.error("--also-local needs --address")
+    loops, studies, local_studies = [], [], []
     for repeat in range(args.repeats):
         loops.append(plain_loop(args.trials, args.concurrency, epochs))
         studies.append(through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every,
                                        args.address))
-        print(f"repeat {repeat + 1}: plain process pool {loops[-1]:.1f} s   mmstudy run {studies[-1]:.1f} s   "
-              f"ratio {studies[-1] / loops[-1]:.3f}", flush=True)
+        line = (f"repeat {repeat + 1}: plain process pool {loops[-1]:.1f} s   mmstudy run {studies[-1]:.1f} s   "
+                f"ratio {studies[-1] / loops[-1]:.3f}")
+        if args.also_local:
+            local_studies.append(through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every, None))
+            line += f"   mmstudy run starting its own Ray {local_studies[-1]:.1f} s   ratio {local_studies[-1] / loops[-1]:.3f}"
+        print(line, flush=True)
     result = {"address": args.address, "trials": args.trials, "concurrency": args.concurrency, "epochs_per_trial": epochs,
               "epoch_seconds": per_epoch, "checkpoint_every": args.checkpoint_every, "cpus": os.cpu_count(),
               "plain_s": loops, "mmstudy_s": studies, "ratio": sum(studies) / sum(loops)}
+    if local_studies:
+        result.update(local_mmstudy_s=local_studies, local_ratio=sum(local_studies) / sum(loops))
+        print(f"overhead ratio of studies that start their own Ray: {result['local_ratio']:.3f}")
     if args.fixed_cost:
         one_epoch = plain_loop(1, 1, 1)
         study = through_mmstudy(1, 1, 1, 1, args.address)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,22 @@ def build_search(cfg: StudyConfig, base: dict[str, Any]):
     return {}, search, scheduler, cfg.num_samples
 
 
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail at once, before MLflow or Ray start, when nothing answers at the cluster's 'host:port' (or
+    'ray://host:port'): Ray itself retries a silent address for minutes before it gives up."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    host, sep, port = (address or "").split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # no address (a local Ray), 'auto' and other forms that Ray resolves itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except OSError as err:
+        raise ConfigError(f"ray_address: nothing answers at '{address}' ({err or type(err).__name__}); start the "
+                          f"head node with `ray start --head` and give its address, or leave ray_address unset "
+                          f"for a local Ray") from None
+
+
 def init_ray(address: str | None) -> bool:
     """Connect to RAY_ADDRESS/--address, or start a local Ray bound to 127.0.0.1. Returns True if we
     started it (and so should stop it). Token authentication stays on (Ray's default)."""
@@ -109,7 +126,11 @@ def init_ray(address: str | None) -> bool:
     try:
         ray.init(**kwargs)
     except ConnectionError as err:
-        raise ConfigError(f"ray_address: cannot connect to Ray at '{address}' ({str(err).splitlines()[0][:200]})") from None
+        hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+            "; a cluster started with `ray start` uses token authentication: set RAY_AUTH_MODE=token here, with "
+            "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN (docs/cluster.md)")
+        raise ConfigError(f"ray_address: cannot connect to Ray at '{address}' "
+                          f"({str(err).splitlines()[0][:200]}){hint}") from None
     return True
 
 
@@ -150,6 +171,7 @@ def connect_and_start_ray(uri: str, address: str | None):
     """
     from study.tracking import connect  # MLflow, Ray Tune and torch: imported by the commands that use them
 
+    check_ray_address(address)
     if not new_sqlite_store(uri):
         client = connect(uri)
         return client, init_ray(address)

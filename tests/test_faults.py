@@ -146,6 +146,21 @@ def test_mlflow_down_at_start_is_a_clear_error_before_any_trial(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
+def test_ray_address_where_nothing_answers_is_a_clear_error_at_once(tmp_path):
+    port = _free_port()
+    config = tmp_path / "s.yaml"
+    config.write_text(json.dumps({"name": "s", "trial": TINY, "search_space": "none", "storage_path": str(tmp_path / "runs"),
+                                  "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}))
+    start = time.time()
+    proc = _cli(["run", str(config), "--address", f"127.0.0.1:{port}"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"mmstudy: error: ray_address: nothing answers at '127.0.0.1:{port}' ([Errno 111] Connection refused); start "
+        "the head node with `ray start --head` and give its address, or leave ray_address unset for a local Ray"]
+    assert time.time() - start < 60  # Ray alone retries a silent address for minutes
+    assert not (tmp_path / "runs").exists()
+
+
 def test_mlflow_going_away_mid_study_loses_nothing(tmp_path):
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
