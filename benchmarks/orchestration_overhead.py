@@ -6,12 +6,14 @@ in a 1-thread process; the first epoch pays one-off warm-up and would make trial
 study side includes everything a user pays for: importing, starting Ray, a new MLflow store and its parent
 run, the data through the object store, Optuna, per-epoch checkpoints and MLflow logging of every epoch.
 
-This machine's speed drifts by several per cent from minute to minute, so `--repeats R` alternates the two
-sides R times and reports the ratio of the summed wall times (and each repeat's). `--fixed-cost` also times
+This machine's speed drifts by several per cent from minute to minute, so `--repeats R` runs the sides R
+times in A B, B A, ... order (a slow drift then favours neither) and reports the ratio of the summed wall
+times (and each repeat's). `--fixed-cost` also times
 a 1-trial, 1-epoch study against one such trainer call: the per-study cost that N trials share.
 `--address` runs the studies on a Ray started once (`ray start --head`) instead of one per study; with
 `--also-local` each repeat times both kinds of study (plain pool, study on that Ray, study starting its own
-Ray), so the two ratios come from the same minutes of this machine.
+Ray), so the two ratios come from the same minutes of this machine. `--fixed-only` times just the per-study
+cost, `--repeats` times.
 
     python benchmarks/orchestration_overhead.py --trial-seconds 10 --trials 4 --concurrency 2 --repeats 2
     python benchmarks/orchestration_overhead.py --trial-seconds 60 --trials 4 --concurrency 2 --repeats 2
@@ -91,41 +93,76 @@ def main() -> None:
                                           "starting one per study")
     parser.add_argument("--also-local", action="store_true",
                         help="with --address: also time a study that starts its own Ray in each repeat")
+    parser.add_argument("--fixed-only", action="store_true",
+                        help="only the per-study cost, `--repeats` times (with --also-local: on both kinds of Ray)")
     parser.add_argument("--json", help="write the numbers here")
     args = parser.parse_args()
+    if args.also_local and not args.address:
+        parser.error("--also-local needs --address")
+    result = {"address": args.address, "cpus": os.cpu_count()}
+    if not args.fixed_only:
+        result.update(n_trial_comparison(args))
+    if args.fixed_cost or args.fixed_only:
+        result.update(fixed_costs(args.address, args.also_local, args.repeats if args.fixed_only else 1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+def n_trial_comparison(args) -> dict:
+    """N trials through `mmstudy run` against the plain pool, the sides alternated `--repeats` times."""
     per_epoch = epoch_seconds()
     epochs = max(1, round(args.trial_seconds / per_epoch))
     print(f"trials={args.trials} concurrency={args.concurrency} epochs/trial={epochs} "
           f"(steady epoch {per_epoch:.2f} s, ~{epochs * per_epoch:.1f} s/trial) "
           f"checkpoint_every={args.checkpoint_every} cpus={os.cpu_count()}", flush=True)
-    if args.also_local and not args.address:
-        parser.error("--also-local needs --address")
-    loops, studies, local_studies = [], [], []
+    sides = {"plain": lambda: plain_loop(args.trials, args.concurrency, epochs),
+             "study": lambda: through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every,
+                                              args.address)}
+    if args.also_local:
+        sides["local"] = lambda: through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every, None)
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for repeat in range(args.repeats):
-        loops.append(plain_loop(args.trials, args.concurrency, epochs))
-        studies.append(through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every,
-                                       args.address))
+        # A B, then B A: a machine that slows (or speeds up) over minutes favours neither side
+        for name in (list(sides) if repeat % 2 == 0 else list(reversed(sides))):
+            times[name].append(sides[name]())
+        loops, studies = times["plain"], times["study"]
         line = (f"repeat {repeat + 1}: plain process pool {loops[-1]:.1f} s   mmstudy run {studies[-1]:.1f} s   "
                 f"ratio {studies[-1] / loops[-1]:.3f}")
         if args.also_local:
-            local_studies.append(through_mmstudy(args.trials, args.concurrency, epochs, args.checkpoint_every, None))
-            line += f"   mmstudy run starting its own Ray {local_studies[-1]:.1f} s   ratio {local_studies[-1] / loops[-1]:.3f}"
+            local = times["local"][-1]
+            line += f"   mmstudy run starting its own Ray {local:.1f} s   ratio {local / loops[-1]:.3f}"
         print(line, flush=True)
-    result = {"address": args.address, "trials": args.trials, "concurrency": args.concurrency, "epochs_per_trial": epochs,
-              "epoch_seconds": per_epoch, "checkpoint_every": args.checkpoint_every, "cpus": os.cpu_count(),
+    local_studies = times.get("local", [])
+    result = {"trials": args.trials, "concurrency": args.concurrency, "epochs_per_trial": epochs,
+              "epoch_seconds": per_epoch, "checkpoint_every": args.checkpoint_every,
               "plain_s": loops, "mmstudy_s": studies, "ratio": sum(studies) / sum(loops)}
     if local_studies:
         result.update(local_mmstudy_s=local_studies, local_ratio=sum(local_studies) / sum(loops))
         print(f"overhead ratio of studies that start their own Ray: {result['local_ratio']:.3f}")
-    if args.fixed_cost:
-        one_epoch = plain_loop(1, 1, 1)
-        study = through_mmstudy(1, 1, 1, 1, args.address)
-        result.update(fixed_plain_s=one_epoch, fixed_mmstudy_s=study, fixed_cost_s=study - one_epoch)
-        print(f"fixed cost: a 1-trial 1-epoch study {study:.1f} s vs one trainer call {one_epoch:.1f} s "
-              f"-> {study - one_epoch:.1f} s per study")
     print(f"overhead ratio (summed over {args.repeats} repeat(s)): {result['ratio']:.3f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def fixed_costs(address: str | None, also_local: bool, repeats: int) -> dict:
+    """A 1-trial, 1-epoch study against one trainer call: the per-study cost that N trials share."""
+    plain, study, local = [], [], []
+    for _ in range(repeats):
+        plain.append(plain_loop(1, 1, 1))
+        study.append(through_mmstudy(1, 1, 1, 1, address))
+        line = (f"fixed cost: a 1-trial 1-epoch study {study[-1]:.1f} s vs one trainer call {plain[-1]:.1f} s "
+                f"-> {study[-1] - plain[-1]:.1f} s per study")
+        if also_local:
+            local.append(through_mmstudy(1, 1, 1, 1, None))
+            line += f"; starting its own Ray {local[-1]:.1f} s -> {local[-1] - plain[-1]:.1f} s per study"
+        print(line, flush=True)
+    out = {"fixed_plain_s": plain, "fixed_mmstudy_s": study,
+           "fixed_cost_s": statistics.median(s - p for s, p in zip(study, plain))}
+    if local:
+        out.update(fixed_local_mmstudy_s=local,
+                   fixed_local_cost_s=statistics.median(s - p for s, p in zip(local, plain)))
+        print(f"median per-study cost: {out['fixed_cost_s']:.1f} s on the running Ray, "
+              f"{out['fixed_local_cost_s']:.1f} s starting its own")
+    return out
 
 
 if __name__ == "__main__":
