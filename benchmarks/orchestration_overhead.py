@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=1, help="the study's checkpoint_every")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate plain pool and study this many times")
+    parser.add_argument("--repeats", type=int, default=1, help="run the sides this many times, in A B, B A, ... order")
     parser.add_argument("--fixed-cost", action="store_true", help="also time a 1-trial, 1-epoch study")
     parser.add_argument("--address", help="run the studies on this running Ray (`ray start --head`) instead of "
                                           "starting one per study")

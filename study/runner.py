@@ -97,7 +97,6 @@ def build_search(cfg: StudyConfig, base: dict[str, Any]):
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     """Fail at once, before MLflow or Ray start, when nothing answers at the cluster's 'host:port' (or
     'ray://host:port'): Ray itself retries a silent address for minutes before it gives up."""
-    address = address or os.environ.get("RAY_ADDRESS")
     host, sep, port = (address or "").split("://", 1)[-1].rpartition(":")
     if not sep or not port.isdigit():
         return  # no address (a local Ray), 'auto' and other forms that Ray resolves itself
@@ -111,13 +110,12 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def init_ray(address: str | None) -> bool:
-    """Connect to RAY_ADDRESS/--address, or start a local Ray bound to 127.0.0.1. Returns True if we
-    started it (and so should stop it). Token authentication stays on (Ray's default)."""
+    """Connect to the cluster at `address`, or (None) start a local Ray bound to 127.0.0.1. Returns True if
+    we started it (and so should stop it). Token authentication stays on (Ray's default)."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     # "local" always starts a fresh Ray: never attach by accident to a `ray start` cluster (or its stale
     # address file) on this machine -- a cluster is used only when named.
     kwargs: dict[str, Any] = {"address": address or "local", "log_to_driver": True}
@@ -171,6 +169,7 @@ def connect_and_start_ray(uri: str, address: str | None):
     """
     from study.tracking import connect  # MLflow, Ray Tune and torch: imported by the commands that use them
 
+    address = address or os.environ.get("RAY_ADDRESS") or None  # --address / ray_address, else RAY_ADDRESS
     check_ray_address(address)
     if not new_sqlite_store(uri):
         client = connect(uri)
