@@ -11,9 +11,11 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,31 @@ def new_sqlite_store(uri: str) -> bool:
     return not path.exists() and path.parent.is_dir() and os.access(path.parent, os.W_OK)
 
 
+def discard_store(uri: str) -> None:
+    """Remove a SQLite store this command created before failing, so a study that never started leaves no
+    file -- unless it already holds a run (another command may have started using it meanwhile)."""
+    path = Path(uri[len("sqlite:///"):])
+    try:
+        with closing(sqlite3.connect(path)) as db:
+            if db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]:
+                return
+    except sqlite3.Error:
+        pass  # no runs table yet: the store was never used
+    for leftover in (path, path.with_name(path.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def discarding_new_store(uri: str, new_store: bool):
+    """Undo the creation of a new SQLite store if the block fails (see `discard_store`)."""
+    try:
+        yield
+    except BaseException:
+        if new_store:
+            discard_store(uri)
+        raise
+
+
 def connect_and_start_ray(uri: str, address: str | None):
     """(MLflow client, whether we started Ray).
 
@@ -174,10 +201,11 @@ def connect_and_start_ray(uri: str, address: str | None):
     if not new_sqlite_store(uri):
         client = connect(uri)
         return client, init_ray(address)
-    with ThreadPoolExecutor(1, thread_name_prefix="mmstudy-mlflow") as pool:
+    started_ray = False
+    with discarding_new_store(uri, True), ThreadPoolExecutor(1, thread_name_prefix="mmstudy-mlflow") as pool:
         tracking = pool.submit(connect, uri)
-        started_ray = init_ray(address)
         try:
+            started_ray = init_ray(address)
             return tracking.result(), started_ray
         except BaseException:
             if started_ray:
@@ -268,13 +296,15 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 1
     check_storage(study_dir)
     base = cfg.base_trial()
     uri = cfg.resolved_tracking_uri()
+    new_store = new_sqlite_store(uri)
     client, started_ray = connect_and_start_ray(uri, cfg.ray_address)
     try:
-        check_trial_fits(cfg.resources.cpu, cfg.resources.gpu, started_ray)
-        trainable = trainable_for(cfg, base)
-        param_space, search_alg, scheduler, num_samples = build_search(cfg, base)
-        experiment_id = ensure_experiment(client, cfg.resolved_experiment())
-        info = start_records(cfg, client, experiment_id, config_path, study_dir, uri)
+        with discarding_new_store(uri, new_store):  # until the study's records exist
+            check_trial_fits(cfg.resources.cpu, cfg.resources.gpu, started_ray)
+            trainable = trainable_for(cfg, base)
+            param_space, search_alg, scheduler, num_samples = build_search(cfg, base)
+            experiment_id = ensure_experiment(client, cfg.resolved_experiment())
+            info = start_records(cfg, client, experiment_id, config_path, study_dir, uri)
         parent_id = info["parent_run_id"]
         trial = build_trial_config(base)
         callback = MlflowStudyCallback(uri, experiment_id, parent_id, cfg.name, base, list(cfg.seeds), trial.epochs)

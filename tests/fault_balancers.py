@@ -47,10 +47,11 @@ class RecordPlacement(Balancer):
         import time
 
         import ray
+        from ray import tune
 
         start = time.time()
         time.sleep(self.p.hold_s)
-        row = {"pid": os.getpid(), "start": start, "end": time.time(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        row = {"pid": os.getpid(), "trial": tune.get_context().get_trial_id(), "start": start, "end": time.time(),
+               "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         with open(Path(self.p.folder) / f"{os.getpid()}-{start:.6f}.json", "w") as fh:
             json.dump(row, fh)

@@ -114,6 +114,24 @@ def _finished_trials(tune_dir: Path, epochs: int) -> dict[str, int]:
     return out
 
 
+def _iteration(line: str):
+    try:
+        return json.loads(line).get("training_iteration")
+    except ValueError:
+        return "partial line"
+
+
+def _trial_dirs(tune_dir: Path) -> str:
+    """Each trial folder's reported epochs and checkpoints: what a failed resume test needs to be read."""
+    lines = []
+    for folder in sorted(p for p in tune_dir.iterdir() if p.is_dir()):
+        result = folder / "result.json"
+        epochs = [_iteration(line) for line in result.read_text().splitlines()] if result.exists() else None
+        checkpoints = sorted(c.name for c in folder.glob("checkpoint_*"))
+        lines.append(f"  {folder.name[:40]} epochs={epochs} checkpoints={checkpoints}")
+    return "\n".join(lines)
+
+
 def test_resume_after_the_driver_is_killed(tmp_path):
     raw = study_raw(tmp_path, "killed", num_samples=5, max_concurrent=1, scheduler="none",
                     trial=dict(TINY_TRIAL, epochs=3, dataset=dict(TINY_TRIAL["dataset"], n_train=192)))
@@ -135,13 +153,15 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         os.killpg(driver.pid, signal.SIGKILL)  # reap the local Ray processes it had started
     except ProcessLookupError:
         pass
-    before = _finished_trials(tune_dir, 3)
+    before, at_kill = _finished_trials(tune_dir, 3), _trial_dirs(tune_dir)
     assert 2 <= len(before) < 5
     resume = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(tmp_path / "runs" / "killed"),
                              "--verbose", "0"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
     assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
     after = _finished_trials(tune_dir, 3)
-    assert len(after) == 5
+    assert len(after) == 5, (f"{len(before)} finished before the kill, {len(after)} after the resume\n"
+                             f"at the kill:\n{at_kill}\nafter:\n{_trial_dirs(tune_dir)}\n"
+                             f"resume printed:\n{resume.stdout[-3000:]}{resume.stderr[-3000:]}")
     for trial, lines in before.items():
         assert after[trial] == lines, f"{trial} was re-run"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -242,8 +262,13 @@ def test_mlflow_writes_leave_tunes_loop_and_land_in_order(tmp_path):
 
 
 def _most_at_once(rows: list[dict]) -> int:
-    """The largest number of epoch intervals (one trial process each) that overlap in time."""
-    events = sorted([(r["start"], 1) for r in rows] + [(r["end"], -1) for r in rows])
+    """The largest number of trials running at one time, each from its first epoch's start to its last
+    epoch's end (whole trials, not single epochs: trial actors start a second or more apart on 2 cores)."""
+    spans: dict[str, list[float]] = {}
+    for r in rows:
+        span = spans.setdefault(r["trial"], [r["start"], r["end"]])
+        span[0], span[1] = min(span[0], r["start"]), max(span[1], r["end"])
+    events = sorted([(start, 1) for start, _ in spans.values()] + [(end, -1) for _, end in spans.values()])
     running = most = 0
     for _, step in events:
         running += step
@@ -257,7 +282,8 @@ def test_gpu_fractions_decide_how_many_trials_share_a_gpu(tmp_path, ray_local, g
     0.25 GPU -> all four at once, 0.5 GPU -> two at a time on GPU 0, 1 GPU -> one at a time."""
     folder = tmp_path / "placements"
     folder.mkdir()
-    trial = dict(TINY_TRIAL, epochs=2, balancer={"name": "fault_balancers:RecordPlacement", "folder": str(folder)})
+    trial = dict(TINY_TRIAL, epochs=2, balancer={"name": "fault_balancers:RecordPlacement", "folder": str(folder),
+                                                  "hold_s": 1.5})
     raw = study_raw(tmp_path, f"gpu{gpu}", trial=trial, mode="compare", variants={v: {} for v in "abcd"}, search_space=None,
                     max_concurrent=4, resources={"cpu": 0.5, "gpu": gpu})
     cfg = load_study_config(None, raw=raw)
@@ -285,5 +311,17 @@ def test_a_trial_no_node_can_hold_is_a_one_line_error_before_anything_is_written
     assert error.startswith("mmstudy: error: resources.gpu: a trial asks for 1 CPU and 0.5 GPU") and "GPU 0" in error
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "runs" / "nogpu").exists()
-    assert not MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
-        [e.experiment_id for e in MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_experiments()])
+    assert not (tmp_path / "mlflow.db").exists()  # the store it created while Ray started is removed again
+
+
+def test_a_store_that_already_holds_runs_is_never_discarded(tmp_path):
+    from study.runner import discard_store
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.create_run(client.create_experiment("kept"))
+    discard_store(uri)
+    assert (tmp_path / "mlflow.db").exists()
+    (tmp_path / "empty.db").write_bytes(b"")
+    discard_store(f"sqlite:///{tmp_path}/empty.db")
+    assert not (tmp_path / "empty.db").exists()
