@@ -202,7 +202,7 @@ def connect_and_start_ray(uri: str, address: str | None):
         client = connect(uri)
         return client, init_ray(address)
     started_ray = False
-    with discarding_new_store(uri, True), ThreadPoolExecutor(1, thread_name_prefix="mmstudy-mlflow") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="mmstudy-mlflow") as pool:
         tracking = pool.submit(connect, uri)
         try:
             started_ray = init_ray(address)
@@ -296,10 +296,10 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 1
     check_storage(study_dir)
     base = cfg.base_trial()
     uri = cfg.resolved_tracking_uri()
-    new_store = new_sqlite_store(uri)
-    client, started_ray = connect_and_start_ray(uri, cfg.ray_address)
+    new_store, started_ray = new_sqlite_store(uri), False
     try:
         with discarding_new_store(uri, new_store):  # until the study's records exist
+            client, started_ray = connect_and_start_ray(uri, cfg.ray_address)
             check_trial_fits(cfg.resources.cpu, cfg.resources.gpu, started_ray)
             trainable = trainable_for(cfg, base)
             param_space, search_alg, scheduler, num_samples = build_search(cfg, base)
