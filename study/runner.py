@@ -201,11 +201,10 @@ def connect_and_start_ray(uri: str, address: str | None):
     if not new_sqlite_store(uri):
         client = connect(uri)
         return client, init_ray(address)
-    started_ray = False
     with ThreadPoolExecutor(1, thread_name_prefix="mmstudy-mlflow") as pool:
         tracking = pool.submit(connect, uri)
+        started_ray = init_ray(address)
         try:
-            started_ray = init_ray(address)
             return tracking.result(), started_ray
         except BaseException:
             if started_ray:
