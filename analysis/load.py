@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from trainables.config import ConfigError, flatten, unflatten
+from trainables.config import flatten, unflatten
+from trainables.errors import ConfigError
 
 STUDY_FILE = "study.json"
 

@@ -16,7 +16,7 @@ from analysis.load import load_histories, load_study
 from analysis.plots import dynamics_figure, importance_figure, sensitivity_figure
 from analysis.tables import comparison_table, modalities_of, to_markdown, trial_label
 from search_spaces import load_space
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 
 def _save(fig, out: Path, name: str, pdf: bool = False) -> list[str]:

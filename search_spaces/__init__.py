@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainables.config import (ConfigError, build_trial_config, deep_merge, format_validation_error, read_yaml,
+from trainables.errors import ConfigError
+from trainables.config import (build_trial_config, deep_merge, format_validation_error, read_yaml,
                                unflatten)
 
 SPACES_DIR = Path(__file__).parent

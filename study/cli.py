@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainables.config import ConfigError, build_trial_config
+from trainables.config import build_trial_config
+from trainables.errors import ConfigError
 
 
 def _debug(args: argparse.Namespace) -> int:

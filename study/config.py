@@ -10,7 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search_spaces import SearchSpace, apply_point, load_space, sensitivity_points, validate_space
-from trainables.config import (ConfigError, build_trial_config, deep_merge, flatten, format_validation_error,
+from trainables.errors import ConfigError
+from trainables.config import (build_trial_config, deep_merge, flatten, format_validation_error,
                                parse_overrides, read_yaml)
 
 

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 
 from study.config import StudyConfig, load_study_config
-from trainables.config import ConfigError, build_trial_config, flatten
+from trainables.config import build_trial_config, flatten
+from trainables.errors import ConfigError
 
 STUDY_FILE = "study.json"
 # A tracking server that stops answering must not stall the driver for minutes per call.

@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search_spaces import apply_point
-from trainables.config import ConfigError, build_trial_config, flatten
+from trainables.config import build_trial_config, flatten
+from trainables.errors import ConfigError
 from trainables.tune_trainable import trial_point
 
 log = logging.getLogger("mmstudy.tracking")

@@ -8,7 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from trainables.balancers.registry import balancer_names
-from trainables.config import ConfigError, build_trial_config
+from trainables.config import build_trial_config
+from trainables.errors import ConfigError
 from trainables.data.base import DatasetBundle, ModalitySpec, MultimodalTensorDataset
 from trainables.data.registry import register_dataset
 from trainables.trainer import Trainer

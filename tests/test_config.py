@@ -1,6 +1,7 @@
 import pytest
 
-from trainables.config import ConfigError, build_trial_config, parse_overrides
+from trainables.config import build_trial_config, parse_overrides
+from trainables.errors import ConfigError
 
 
 def test_overrides_are_typed_and_nested():

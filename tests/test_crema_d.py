@@ -6,7 +6,8 @@ import pytest
 
 from dataset_fixtures import write_crema_d
 from study.cli import main
-from trainables.config import ConfigError, build_trial_config
+from trainables.config import build_trial_config
+from trainables.errors import ConfigError
 from trainables.data.crema_d import HOP, N_FFT, SAMPLE_RATE, log_spectrogram
 from trainables.data.registry import build_dataset
 

@@ -8,7 +8,8 @@ import torch
 
 from dataset_fixtures import write_cmu_mosi, write_crema_d, write_kinetics_sounds, write_ucf101
 from study.cli import main
-from trainables.config import ConfigError, build_trial_config
+from trainables.config import build_trial_config
+from trainables.errors import ConfigError
 from trainables.data.registry import build_dataset
 
 WRITERS = {"crema_d": write_crema_d, "kinetics_sounds": write_kinetics_sounds, "ucf101": write_ucf101,

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from trainables.config import ConfigError, ModelConfig
+from trainables.config import ModelConfig
+from trainables.errors import ConfigError
 from trainables.data.base import ModalitySpec
 from trainables.models import build_model
 

@@ -11,7 +11,7 @@ from analysis.report import build_report
 from analysis.tables import comparison_table, to_markdown
 from study.config import load_study_config
 from study.runner import run_study
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.tune_trainable import summarize
 
 TINY = {"epochs": 3, "dataset": {"name": "synthetic", "size": "tiny", "n_train": 256, "n_val": 48, "n_test": 48},
@@ -74,9 +74,12 @@ def test_seed_summary_by_hand():
                {"val_acc": 0.7, "test_acc": 0.6, "val_f1": 0.5, "test_f1": 0.5, "dominant": "audio"}]
     bests = [{"epoch": 2, "val_acc": 0.5, "test_acc": 0.4, "test_f1": 0.3}, {"epoch": 4, "val_acc": 0.7, "test_acc": 0.8, "test_f1": 0.5}]
     out = summarize(records, bests)
-    assert out["val_acc"] == pytest.approx(0.6) and out["val_acc_std"] == pytest.approx(0.1)
-    assert out["best_test_acc"] == pytest.approx(0.6) and out["best_test_acc_std"] == pytest.approx(0.2)
+    assert out["val_acc"] == pytest.approx(0.6) and out["val_acc_std"] == pytest.approx(0.1 * 2 ** 0.5)
+    assert out["best_test_acc"] == pytest.approx(0.6) and out["best_test_acc_std"] == pytest.approx(0.2 * 2 ** 0.5)
     assert out["best_epoch"] == 3 and out["dominant"] == "audio"
+    assert out["best_test_acc/seed_0"] == 0.4 and out["best_test_acc/seed_1"] == 0.8
+    one = summarize(records[:1], bests[:1])
+    assert "best_test_acc_std" not in one and "val_acc_std" not in one  # one seed: no spread, never "± 0.00"
 
 
 def _fake_study(tmp_path, children):

@@ -3,7 +3,8 @@ import pytest
 
 from search_spaces import (available_spaces, define_by_run, grid_points, load_space, sensitivity_points,
                            validate_space)
-from trainables.config import ConfigError, build_trial_config
+from trainables.config import build_trial_config
+from trainables.errors import ConfigError
 
 BASE = {"balancer": {"name": "redreg"}}
 

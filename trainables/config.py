@@ -13,9 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A user error in a config: the message is one line naming the field and the allowed values."""
+from trainables.errors import ConfigError
 
 
 class Strict(BaseModel):

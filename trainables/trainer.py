@@ -34,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from trainables.config import ConfigError
+        from trainables.errors import ConfigError
 
         raise ConfigError("device: 'cuda' requested but no GPU is visible; allowed here: auto, cpu")
     return torch.device(name)
@@ -45,7 +45,7 @@ def select_modalities(available: list[str], wanted: list[str] | None) -> list[st
         return list(available)
     unknown = [m for m in wanted if m not in available]
     if unknown or len(set(wanted)) != len(wanted):
-        from trainables.config import ConfigError
+        from trainables.errors import ConfigError
 
         raise ConfigError(f"modalities: {wanted} is not a subset of the dataset's modalities; allowed: {available}")
     return [m for m in available if m in wanted]
@@ -101,6 +101,7 @@ class Trainer:
             model=self.model, optimizer=self.optimizer, modalities=self.modalities,
             num_classes=self.data.num_classes, num_epochs=cfg.epochs, steps_per_epoch=steps,
             loss_setting=cfg.loss_setting, device=self.device, train_loader=self._train_loader(0),
+            model_input=self._to_device,
         )
         probe_inputs, probe_labels = next(iter(DataLoader(self.data.val, batch_size=min(64, len(self.data.val)))))
         self.dynamics = DynamicsTracker(self._to_device(probe_inputs), probe_labels.to(self.device), seed=cfg.seed)
@@ -151,7 +152,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, Any]:
         start = time.perf_counter()
         s = self.state
-        s.epoch, s.training = self.epoch, True
+        s.epoch = self.epoch
         s.train_loader = self._train_loader(self.epoch)
         self.model.train()
         self.extra.train()

@@ -32,9 +32,13 @@ def trial_configs(base: dict[str, Any], point: dict[str, Any], seeds: list[int])
     return [build_trial_config(raw, {"seed": s}) for s in seeds]
 
 
-def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds of every numeric per-epoch value; std for the headline metrics; best-epoch
-    metrics (selected on validation per seed) as best_* with their spread."""
+def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]],
+              seeds: list[int] | None = None) -> dict[str, Any]:
+    """Mean over seeds of every numeric per-epoch value; the sample std (ddof=1) of the headline metrics
+    when there are two seeds or more (one seed has no spread, so no `_std` key); best-epoch metrics
+    (selected on validation per seed) as best_* with their spread, and each seed's own best-epoch values
+    as `best_<key>/seed_<s>` so that reports can compute confidence intervals over seeds."""
+    seeds = seeds if seeds is not None else list(range(len(records)))
     out: dict[str, Any] = {"num_seeds": len(records)}
     for key in records[0]:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
@@ -42,14 +46,17 @@ def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]]) -> dic
             out[key] = statistics.fmean(values)
         elif isinstance(records[0][key], str):
             out[key] = statistics.mode(r[key] for r in records)
-    for key in SPREAD_KEYS:
-        out[f"{key}_std"] = statistics.pstdev([r[key] for r in records]) if len(records) > 1 else 0.0
+    if len(records) > 1:
+        for key in SPREAD_KEYS:
+            out[f"{key}_std"] = statistics.stdev([r[key] for r in records])
     for key in bests[0]:
         values = [b[key] for b in bests if isinstance(b.get(key), (int, float))]
         if len(values) == len(bests):
             out[f"best_{key}"] = statistics.fmean(values)
-            if key.startswith(("val_acc", "test_acc", "test_f1")):
-                out[f"best_{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+            if key.startswith(("val_acc", "test_acc", "test_f1")) and len(values) > 1:
+                out[f"best_{key}_std"] = statistics.stdev(values)
+            if key != "epoch" or len(values) > 1:
+                out.update({f"best_{key}/seed_{s}": v for s, v in zip(seeds, values)})
     return out
 
 
@@ -92,7 +99,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds:
             tune.report({"diverged": 1.0, "status_reason": str(err), "epoch": trainers[0].epoch + 1,
                          "val_acc": nan, "best_val_acc": nan, metric: nan})
             return
-        metrics = summarize(records, [t.best() for t in trainers])
+        metrics = summarize(records, [t.best() for t in trainers], seeds)
         metrics.update(diverged=0.0, device=device)
         epoch = trainers[0].epoch
         if epoch % checkpoint_every and epoch < epochs:

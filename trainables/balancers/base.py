@@ -6,7 +6,7 @@ event is about (the batch, the features, the loss, the gradients). Hooks default
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -30,9 +30,11 @@ class State:
     loss_setting: str
     device: torch.device
     train_loader: Any = None
+    # A loader batch as the model takes it (on the device, float, normalised): the one input path, so a
+    # balancer that reads batches itself (e.g. B-MM's epoch-end scores) sees exactly what the model trains on.
+    model_input: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     epoch: int = 0  # 0-based
     step: int = 0  # global optimisation step, 0-based
-    training: bool = True
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     labels: torch.Tensor | None = None
     # The loss target as a mixture: [(weight, labels)], so mixup needs no special loss code.
@@ -55,10 +57,13 @@ class Balancer:
     name = "none"
     Params: type[BaseModel] = NoParams
     two_modalities_only = False
+    # Where a stochastic balancer draws its noise: None = torch's global RNG (seeded by the trainer); a
+    # test sets a seeded generator so an independent reference step can draw exactly the same numbers.
+    generator: torch.Generator | None = None
 
     def __init__(self, params: BaseModel, modalities: list[str]):
         if self.two_modalities_only and len(modalities) != 2:
-            from trainables.config import ConfigError
+            from trainables.errors import ConfigError
 
             raise ConfigError(
                 f"balancer.name: '{self.name}' is defined for exactly 2 modalities (dataset has {len(modalities)}: "
@@ -66,6 +71,16 @@ class Balancer:
             )
         self.p = params
         self.modalities = modalities
+
+    def randn(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like `like`, from `generator` (drawn on its device, then moved)."""
+        if self.generator is None:
+            return torch.randn(like.shape, device=like.device, dtype=like.dtype)
+        return torch.randn(like.shape, generator=self.generator, device=self.generator.device).to(like)
+
+    def rand(self) -> float:
+        """One uniform draw in [0, 1) from `generator`."""
+        return float(torch.rand((), generator=self.generator))
 
     # --- modules the balancer owns (trained with the model, applied at evaluation too) ---
     def bind_model(self, model: nn.Module) -> None:

@@ -167,7 +167,7 @@ class RedReg(Balancer):
     def __init__(self, params: RedRegParams, modalities: list[str]):
         super().__init__(params, modalities)
         if params.dominant != "confidence" and params.dominant not in modalities:
-            from trainables.config import ConfigError
+            from trainables.errors import ConfigError
 
             raise ConfigError(f"balancer.dominant: '{params.dominant}' is not a modality; allowed: confidence, "
                               + ", ".join(modalities))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 
 from trainables.balancers.base import Balancer
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 _BUILTIN = {
     "none": "trainables.balancers.none:NoBalancer",

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel
 from torch.utils.data import Dataset
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.data.base import DatasetBundle, ModalitySpec
 from trainables.data.frames import FrameArray
 

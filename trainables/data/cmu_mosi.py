@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.data.base import DatasetBundle
 from trainables.data.clips import Clip, Layout, SourceIndex, build_clip_bundle
 from trainables.data.registry import register_dataset

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.data.clips import CACHE_FORMAT, MANIFEST, Clip, Layout, as_read, read_manifest
 
 

@@ -5,7 +5,7 @@ from typing import Callable
 
 from pydantic import BaseModel
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.data.base import DatasetBundle
 
 _DATASETS: dict[str, tuple[type[BaseModel], Callable[[BaseModel], DatasetBundle]]] = {}

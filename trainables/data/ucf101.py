@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.data.base import DatasetBundle
 from trainables.data.clips import Clip, Layout, SourceIndex, build_clip_bundle
 from trainables.data.frames import IMAGENET_NORMALIZE, FlowFolder, FrameFolder, imagenet_transform, segment_indices, stack_frames

@@ -102,7 +102,7 @@ class GatedFusion(Fusion):
 
 def _require_two(names: list[str], fusion: str) -> None:
     if len(names) != 2:
-        from trainables.config import ConfigError
+        from trainables.errors import ConfigError
 
         raise ConfigError(
             f"model.fusion: '{fusion}' is defined for exactly 2 modalities (got {len(names)}: {names}); "
