@@ -1,0 +1,57 @@
+"""`mmstudy ui [STUDY]`: MLflow's own UI on a study's store, opened on the study's runs table.
+
+MLflow 3 opens an experiment on its GenAI overview (traces, tokens) unless the URL names the classic
+machine-learning workflow, so every link mmstudy prints carries `workflowType=machine_learning`.
+A study on a tracking server is already served: its link is printed and nothing is started.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+from trainables.errors import ConfigError
+
+
+def runs_table_url(base_url: str, experiment_id: str | None = None) -> str:
+    """The page a researcher wants: the experiment's runs table (parent run per study, a child per trial)."""
+    base = base_url.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def served_url(tracking_uri: str) -> str | None:
+    """The base URL of a tracking server (http/https URI), or None for a local store that needs `mlflow ui`."""
+    return tracking_uri if urlsplit(tracking_uri).scheme in ("http", "https") else None
+
+
+def study_store(study: str | None) -> tuple[str, str | None]:
+    """(tracking URI, experiment id) of a study folder or experiment name; the default store for None."""
+    from analysis.load import resolve_study
+    from study.config import default_tracking_uri
+
+    if study is None:
+        return default_tracking_uri(), None
+    ref = resolve_study(study)
+    return ref.tracking_uri, ref.experiment_id
+
+
+def open_ui(study: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Start `mlflow ui` on the study's store (or print the server's link) and serve until Ctrl-C."""
+    tracking_uri, experiment_id = study_store(study)
+    server = served_url(tracking_uri)
+    if server is not None:
+        print(f"MLflow UI (tracking server): {runs_table_url(server, experiment_id)}")
+        return 0
+    mlflow_cli = shutil.which("mlflow") or shutil.which("mlflow", path=str(sys.prefix) + "/bin")
+    if mlflow_cli is None:
+        raise ConfigError("mlflow: the `mlflow` command is not on PATH; install mlflow in this environment")
+    print(f"MLflow UI on {tracking_uri}: {runs_table_url(f'http://{host}:{port}', experiment_id)}  (Ctrl-C stops it)",
+          flush=True)
+    command = [mlflow_cli, "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port)]
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
