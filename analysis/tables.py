@@ -3,10 +3,67 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.stats import SeedSummary, seed_summary
+
 
 def modalities_of(trials: pd.DataFrame) -> list[str]:
     return sorted(c[len("best_test_acc_"):] for c in trials.columns
-                  if c.startswith("best_test_acc_") and not c.endswith("_std"))
+                  if c.startswith("best_test_acc_") and not c.endswith("_std") and "/" not in c)
+
+
+def rank_column(trials: pd.DataFrame, metric: str) -> str:
+    """The column that ranks trials by the study's metric: its value at each trial's selected (best
+    validation) epoch, `best_<metric>`, when the trials report it; else the metric as reported."""
+    if not metric.startswith("best_") and f"best_{metric}" in trials:
+        return f"best_{metric}"
+    return metric
+
+
+def roles(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's `mmstudy.role` (search | sensitivity | compare | baseline | confirm); '' before roles existed."""
+    return trials["role"].fillna("") if "role" in trials else pd.Series("", index=trials.index)
+
+
+def finished(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["status"] == "finished"] if "status" in trials else trials.iloc[0:0]
+
+
+def seed_values(row: pd.Series, key: str) -> list[float]:
+    """Per-seed values at each seed's best validation epoch, e.g. key='test_acc' reads `best_test_acc/seed_<s>`.
+    `<split>_gap` is derived per seed: max minus min of the unimodal accuracies (|audio - visual| for two)."""
+    prefix = f"best_{key}/seed_"
+    cols = sorted((c for c in row.index if isinstance(c, str) and c.startswith(prefix) and pd.notna(row[c])),
+                  key=lambda c: int(c[len(prefix):]) if c[len(prefix):].isdigit() else c)
+    if not cols and key.endswith("_gap"):
+        split = key[:-len("_gap")]
+        per_mod = [v for m in _row_modalities(row, split) if (v := seed_values(row, f"{split}_acc_{m}"))]
+        if len(per_mod) < 2 or len({len(v) for v in per_mod}) != 1:
+            return []
+        return [max(vals) - min(vals) for vals in zip(*per_mod)]
+    values = [float(row[c]) for c in cols]
+    if not values and row.get("num_seeds") == 1 and pd.notna(row.get(f"best_{key}")):
+        values = [float(row[f"best_{key}"])]  # one seed: the trial's own value is the seed's
+    return values
+
+
+def seed_stats(row: pd.Series, key: str) -> SeedSummary:
+    """n, mean, std and 95 % CI of `key` over the trial's seeds. Trials recorded before per-seed values
+    existed fall back to their mean and std, without an interval."""
+    values = seed_values(row, key)
+    if values:
+        return seed_summary(values)
+    mean = row.get(f"best_{key}")
+    if mean is None or pd.isna(mean):
+        return seed_summary([])
+    std = row.get(f"best_{key}_std")
+    n = int(row.get("num_seeds") or 1)
+    return SeedSummary(n, float(mean), float(std) if n > 1 and std is not None and pd.notna(std) else None, None, None)
+
+
+def _row_modalities(row: pd.Series, split: str) -> list[str]:
+    prefix = f"best_{split}_acc_"
+    return sorted({c[len(prefix):].split("/")[0] for c in row.index if isinstance(c, str) and c.startswith(prefix)
+                   and not c.endswith("_std")})
 
 
 def trial_label(row: pd.Series) -> str:

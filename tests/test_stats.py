@@ -1,0 +1,153 @@
+"""Statistics over seeds against scipy on fixed numbers, Holm against a hand computation, and the study
+summary on hand-built trial frames (with and without baseline / confirmation trials)."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.stats import (compare_to_baseline, detectable_difference, equivalence_p, holm, seed_summary, verdict,
+                            welch)
+from analysis.summary import study_summary
+
+A = [0.912, 0.934, 0.921, 0.905]
+B = [0.881, 0.902, 0.874]
+
+
+def test_seed_summary_is_the_t_interval():
+    s = seed_summary(A)
+    assert s.n == 4 and s.mean == pytest.approx(np.mean(A))
+    assert s.std == pytest.approx(np.std(A, ddof=1))
+    # by hand: mean ± t_{0.975, 3} * std / sqrt(4), t_{0.975, 3} = 3.182446
+    half = 3.182446305284263 * np.std(A, ddof=1) / 2
+    assert (s.ci_low, s.ci_high) == pytest.approx((np.mean(A) - half, np.mean(A) + half), rel=1e-9)
+    assert s.text() == f"{100 * np.mean(A):.2f} ± {100 * np.std(A, ddof=1):.2f} [{100 * s.ci_low:.2f}, {100 * s.ci_high:.2f}]"
+
+
+def test_one_seed_has_no_spread_and_never_prints_zero_std():
+    s = seed_summary([0.93])
+    assert (s.n, s.std, s.ci_low, s.ci_high) == (1, None, None, None)
+    assert s.text() == "93.00" and "±" not in s.text()
+    assert seed_summary([float("nan"), 0.5]).n == 1  # NaNs (a seed without the value) are dropped
+    d = welch([0.93], B)
+    assert d.p is None and d.ci_low is None and d.within_noise is None and d.verdict == "inconclusive"
+    assert "not testable" in d.text()
+
+
+def test_welch_difference_matches_scipy_and_welch_satterthwaite_by_hand():
+    d = welch(A, B)
+    ref = stats.ttest_ind(A, B, equal_var=False)
+    assert d.p == pytest.approx(ref.pvalue) and d.df == pytest.approx(ref.df)
+    va, vb = np.var(A, ddof=1) / 4, np.var(B, ddof=1) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)  # Welch–Satterthwaite by hand
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert d.df == pytest.approx(df)
+    assert d.diff == pytest.approx(np.mean(A) - np.mean(B))
+    assert (d.ci_low, d.ci_high) == pytest.approx((d.diff - half, d.diff + half))
+    assert d.within_noise is False and d.p < 0.05 and d.verdict == "better"
+    assert welch(B, A).verdict == "worse"
+
+
+def test_within_noise_when_the_interval_covers_zero():
+    d = welch([0.90, 0.95, 0.85], [0.91, 0.86, 0.93])
+    assert d.ci_low < 0 < d.ci_high and d.within_noise is True and d.verdict == "inconclusive"
+    assert "within noise" in d.text()
+
+
+def test_tost_equivalence_against_two_one_sided_scipy_tests():
+    a, b = [0.900, 0.902, 0.901, 0.899], [0.898, 0.901, 0.900, 0.899]
+    lower = stats.ttest_ind(np.array(a) + 0.01, b, equal_var=False, alternative="greater").pvalue
+    upper = stats.ttest_ind(np.array(a) - 0.01, b, equal_var=False, alternative="less").pvalue
+    assert equivalence_p(a, b, 0.01) == pytest.approx(max(lower, upper))
+    assert welch(a, b, margin=0.01).verdict == "equivalent"
+    assert welch(a, b, margin=0.0005).verdict != "equivalent"  # a margin this small cannot be shown
+    assert verdict(0.02, 0.01, 0.5) == "better" and verdict(-0.02, 0.01, 0.5) == "worse"
+    assert verdict(0.02, 0.01, 0.01) == "equivalent" and verdict(0.02, 0.2, 0.2) == "inconclusive"
+
+
+def test_holm_by_hand():
+    # sorted p: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06 -> monotone 0.06), 0.04 (x1 = 0.04 -> 0.06)
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, None, 0.4]) == [pytest.approx(0.8), None, pytest.approx(0.8)]
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_compare_to_baseline_holm_corrects_across_configurations():
+    c1, c2 = A, [0.90, 0.93, 0.88]
+    diffs = compare_to_baseline([c1, c2, [0.95]], B)
+    raw = [stats.ttest_ind(c, B, equal_var=False).pvalue for c in (c1, c2)]
+    assert [d.p for d in diffs[:2]] == pytest.approx(raw)
+    assert [d.p_adjusted for d in diffs[:2]] == pytest.approx(holm(raw))
+    assert diffs[2].p is None  # one seed: not a test, and not counted by Holm
+    assert "p (Holm)" in diffs[0].text()
+
+
+def test_detectable_difference_has_the_requested_power():
+    delta = detectable_difference(0.01, 3)
+    df, se = 4, 0.01 * math.sqrt(2 / 3)
+    crit = stats.t.ppf(0.975, df)
+    power = stats.nct.sf(crit, df, delta / se) + stats.nct.cdf(-crit, df, delta / se)
+    assert power == pytest.approx(0.8, abs=1e-6)
+    assert detectable_difference(0.01, 10) < delta  # more seeds, smaller detectable difference
+    assert math.isnan(detectable_difference(0.01, 1))
+
+
+def _row(tid, role, balancer, accs, audio, visual, val, loss="multimodal"):
+    row = {"trial_id": tid, "role": role, "status": "finished", "balancer": balancer, "loss_setting": loss,
+           "num_seeds": len(accs), "seeds": list(range(len(accs))), "point": {"balancer.gamma": 0.5},
+           "sweep_param": None, "sweep_value": None, "best_val_acc": float(np.mean(val)),
+           "best_test_acc": float(np.mean(accs))}
+    for i, values in enumerate(zip(accs, audio, visual, val)):
+        for key, v in zip(("test_acc", "test_acc_audio", "test_acc_visual", "val_acc"), values):
+            row[f"best_{key}/seed_{i}"] = v
+    return row
+
+
+def _frame(rows, config=None):
+    frame = pd.DataFrame(rows)
+    frame.attrs["config"] = config or {}
+    return frame
+
+
+BASE = _row("b", "baseline", "none", [0.90, 0.92, 0.91], [0.85, 0.86, 0.84], [0.40, 0.42, 0.41], [0.9, 0.92, 0.91])
+SEARCH = _row("s", "search", "redreg", [0.97], [0.8], [0.6], [0.99])
+CONF_1 = _row("c1", "confirm", "redreg", [0.93, 0.94, 0.92], [0.82, 0.83, 0.81], [0.6, 0.62, 0.61], [0.93, 0.94, 0.92])
+CONF_2 = _row("c2", "confirm", "redreg", [0.99, 0.99, 0.98], [0.82, 0.83, 0.81], [0.6, 0.62, 0.61], [0.80, 0.81, 0.79])
+
+
+def test_summary_uses_confirmation_selected_on_validation_against_the_baseline():
+    s = study_summary(_frame([BASE, SEARCH, CONF_1, CONF_2]), "val_acc", "max")
+    assert s.best_trial_id == "c1" and s.baseline_trial_id == "b" and s.confirmed  # c2 has better test, worse val
+    d = stats.ttest_ind([0.93, 0.94, 0.92], [0.90, 0.92, 0.91], equal_var=False)
+    d2 = stats.ttest_ind([0.99, 0.99, 0.98], [0.90, 0.92, 0.91], equal_var=False)
+    assert s.metrics["best_test_acc"] == pytest.approx(0.93) and s.metrics["baseline_test_acc"] == pytest.approx(0.91)
+    assert s.metrics["best_minus_baseline"] == pytest.approx(0.02)
+    ci = d.confidence_interval(0.95)
+    assert (s.metrics["best_minus_baseline_ci_low"], s.metrics["best_minus_baseline_ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert s.metrics["best_minus_baseline_p"] == pytest.approx(holm([d.pvalue, d2.pvalue])[0])
+    assert s.metrics["best_minus_baseline_gap"] == pytest.approx(0.21 - 0.44)
+    assert "re-trained with fresh seeds" in s.text and "within noise" in s.text and "Holm" in s.text
+    assert s.text.startswith("**Result (redreg).**")
+
+
+def test_summary_without_confirmation_falls_back_to_the_search_labelled_as_such():
+    s = study_summary(_frame([BASE, SEARCH]), "val_acc", "max")
+    assert s.best_trial_id == "s" and not s.confirmed
+    assert "not confirmed" in s.text and "no spread" in s.text and "± 0.00" not in s.text
+    assert "best_minus_baseline_ci_low" not in s.metrics and s.metrics["best_minus_baseline"] == pytest.approx(0.06)
+
+
+def test_summary_without_baseline_says_why():
+    off = study_summary(_frame([SEARCH, CONF_1], {"baseline": {"enabled": False}}), "val_acc", "max")
+    assert "enabled: false" in off.text and "baseline_test_acc" not in off.metrics
+    missing = study_summary(_frame([SEARCH, CONF_1, dict(BASE, status="failed")]), "val_acc", "max")
+    assert "no baseline trial finished" in missing.text
+    assert "No trial has finished" in study_summary(_frame([dict(SEARCH, status="running")]), "val_acc", "max").text
+
+
+def test_summary_ranks_by_the_studys_metric_and_mode():
+    low_gap = dict(CONF_2, **{"best_val_gap": 0.05})
+    high_gap = dict(CONF_1, **{"best_val_gap": 0.30})
+    assert study_summary(_frame([BASE, high_gap, low_gap]), "val_gap", "min").best_trial_id == "c2"
+    assert study_summary(_frame([BASE, high_gap, low_gap]), ["val_acc", "val_gap"], ["max", "min"]).best_trial_id == "c1"
