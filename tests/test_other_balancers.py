@@ -6,11 +6,11 @@ import torch
 from conftest import small_overrides
 from trainables.balancers.base import State
 from trainables.balancers.bmm import BalancedMultimodalMixup, BMMParams, imbalance_factor, mixing_degree
-from trainables.balancers.cal import (confidence, contribution_weights, gaussian_kl, scale_gradient,
+from trainables.balancers.cal import (confidence, contribution_weights, gaussian_kl, scale_gradient_of,
                                       shapley_two)
 from trainables.balancers.inforeg import fisher_trace, regulation_strength, window_indicator
 from trainables.balancers.mm import mix, mixup_targets
-from trainables.balancers.ogm import ogm_coefficients
+from trainables.balancers.ogm import modulated_params, ogm_coefficients
 from trainables.config import build_trial_config
 from trainables.trainer import Trainer
 
@@ -47,6 +47,35 @@ def test_ogm_scales_only_the_dominant_encoders_conv_weights():
 
 
 # ----------------------------------------------------------------------------- MM / B-MM
+def test_ogm_conv_only_falls_back_to_all_weights_for_encoders_without_convs():
+    from trainables.data.base import ModalitySpec
+    from trainables.models.encoders import build_encoder
+
+    cnn = build_encoder(ModalitySpec("spectrogram", (1, 16, 16)), "small", 8)
+    assert [p.dim() for p in modulated_params(cnn, conv_only=True)] == [4, 4, 4, 4]
+    assert len(modulated_params(cnn, conv_only=False)) == len(list(cnn.parameters()))
+    for enc in (build_encoder(ModalitySpec("vector", (5,)), "small", 8),
+                build_encoder(ModalitySpec("sequence", (4, 5)), "small", 8)):
+        assert modulated_params(enc, conv_only=True) == list(enc.parameters())
+
+
+def test_three_modalities_error_lists_only_balancers_that_accept_them():
+    from trainables.balancers.registry import build_balancer
+    from trainables.errors import ConfigError
+
+    three = ["text", "audio", "visual"]
+    two_only = ("redreg", "ogm", "ogm_ge", "bmm", "inforeg", "cal")
+    for name in two_only:
+        with pytest.raises(ConfigError) as err:
+            build_balancer(name, build_trial_config({"balancer": {"name": name}}).balancer_params(), three)
+        message = str(err.value)
+        assert "\n" not in message and "use one of: " in message, message
+        offered = message.split("use one of: ")[1].split(", ")
+        assert {"none", "mm"} <= set(offered) and not set(offered) & set(two_only), message
+        for other in offered:  # each one offered really accepts three modalities
+            build_balancer(other, build_trial_config({"balancer": {"name": other}}).balancer_params(), three)
+
+
 def test_mixup_uses_the_same_lambda_and_permutation_for_inputs_and_labels():
     x, y, perm = torch.arange(4.0)[:, None], torch.tensor([0, 1, 2, 3]), torch.tensor([2, 3, 0, 1])
     assert mix(x, 0.25, perm).squeeze().tolist() == [1.5, 2.5, 0.5, 1.5]  # 0.25 x + 0.75 x[perm]
@@ -81,14 +110,30 @@ def test_bmm_mixes_only_the_weak_modality_with_the_labels():
 
 # ----------------------------------------------------------------------------- InfoReg
 def test_inforeg_formulas_by_hand():
-    assert window_indicator([1.0], 10) == 1.0
-    assert window_indicator([1.0, 2.0], 10) == pytest.approx((1.5 - 1.0) / 1.5)
+    # the authors' code: the history starts with 10 zeros, both sums divided by 10
+    assert window_indicator([], 10) == 1.0  # epoch 0
+    assert window_indicator([4.0], 10) == pytest.approx((0.4 - 0.0) / 0.4)
+    assert window_indicator([4.0, 1.0], 10) == pytest.approx((0.5 - 0.4) / 0.5)  # newest share of the total: 1/5
+    traces = [float(t) for t in range(11, 0, -1)]  # 11 falling traces: the zeros have left both windows
+    tr1, tr2 = sum(traces[-10:]) / 10, sum(traces[-11:-1]) / 10
+    assert window_indicator(traces, 10) == pytest.approx((tr1 - tr2) / tr1)
+    # history=available: means over stored values; a falling trace closes the window at once
+    assert window_indicator([1.0], 10, zeros=False) == 1.0
+    assert window_indicator([4.0, 1.0], 10, zeros=False) == pytest.approx((2.5 - 4.0) / 2.5)
     assert regulation_strength(0.95, 3.0, 1.0) == pytest.approx(0.95 * math.exp(math.tanh(2.0)))
     w = torch.nn.Parameter(torch.zeros(2, 2))
     w.grad = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     b = torch.nn.Parameter(torch.zeros(2))
     b.grad = torch.tensor([5.0, 5.0])  # biases are not in the trace
     assert fisher_trace([w, b]) == pytest.approx((1 + 4 + 9 + 16) / 4)
+
+
+def test_inforeg_window_stays_open_while_the_trace_share_exceeds_the_threshold():
+    traces = [1.0 / (e + 1) for e in range(12)]  # a falling Fisher trace (harmonic)
+    open_epochs = [e for e in range(13) if window_indicator(traces[:e], 10) > 0.04]
+    closed_available = [e for e in range(13) if window_indicator(traces[:e], 10, zeros=False) <= 0.04]
+    assert open_epochs == list(range(9))  # the zeros keep it open 9 epochs (k = newest share of the total)
+    assert closed_available[0] == 2  # without them it closes at epoch 2
 
 
 # ----------------------------------------------------------------------------- CAL (a reading)
@@ -108,7 +153,7 @@ def test_cal_kl_and_gradient_scaling():
     assert float(gaussian_kl(torch.zeros(3, 2), torch.zeros(3, 2))) == 0.0
     assert float(gaussian_kl(torch.ones(1, 2), torch.zeros(1, 2))) == pytest.approx(1.0)
     x = torch.ones(3, requires_grad=True)
-    y = scale_gradient(x, 1.5)
-    assert torch.equal(y, x)
-    y.sum().backward()
-    assert x.grad.tolist() == [1.5, 1.5, 1.5]
+    z = 2 * x
+    scale_gradient_of(z, 1.5)  # every use of z below is scaled: d/dx [sum z + sum z^2] = 2 (1 + 2z) -> x 1.5
+    (z.sum() + z.pow(2).sum()).backward()
+    assert torch.equal(z, 2 * x) and x.grad.tolist() == [15.0, 15.0, 15.0]

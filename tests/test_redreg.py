@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import small_overrides
-from trainables.balancers.redreg import (co_information, corrected_gradient, gate_value, growth_rate,
-                                         orthogonal_correction, redundancy_monitor, redundancy_score,
-                                         sliding_means, tau_schedule, true_class_prob, adaptive_beta,
+from trainables.balancers.redreg import (co_information, corrected_gradient, gate_value, orthogonal_correction,
+                                         redundancy_monitor, sliding_means, tau_schedule, adaptive_beta,
                                          modality_dropout_prob)
+from trainables.metrics import growth_rate, redundancy_score, true_class_prob
 from trainables.config import build_trial_config
 from trainables.trainer import Trainer
 

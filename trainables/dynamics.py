@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from trainables.balancers.redreg import growth_rate, redundancy_score, true_class_prob
+from trainables.metrics import growth_rate, redundancy_score, true_class_prob
 
 
 def representation_logit_coupling(f_now, f_prev, z_now, z_prev, eps: float = 1e-8) -> float:

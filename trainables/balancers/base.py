@@ -63,11 +63,13 @@ class Balancer:
 
     def __init__(self, params: BaseModel, modalities: list[str]):
         if self.two_modalities_only and len(modalities) != 2:
+            from trainables.balancers.registry import balancer_class, balancer_names
             from trainables.errors import ConfigError
 
+            any_count = [n for n in balancer_names() if not balancer_class(n).two_modalities_only]
             raise ConfigError(
                 f"balancer.name: '{self.name}' is defined for exactly 2 modalities (dataset has {len(modalities)}: "
-                f"{modalities}); use one of: none, ogm, ogm_ge, mm, cal"
+                f"{modalities}); use one of: {', '.join(any_count)}"
             )
         self.p = params
         self.modalities = modalities

@@ -1,13 +1,18 @@
 """InfoReg (Huang et al., CVPR 2025): slow the modality that absorbs information fastest during the early
 "prime learning window", with a proximal pull toward an anchor of its parameters.
 
-Paper: the window comes from the trace of each modality's Fisher information. Authors' code (main.py,
-train_epoch): per-epoch Fisher trace (sum over conv/linear layers of the mean squared gradient, averaged
-over the epoch); k = (tr1 - tr2) / tr1 over sliding means of 10 epochs (k = 1 in epoch 0); the window is
-open while k > 0.04; the dominant modality's gradient gets + beta * (w - w_anchor), beta = c_m * exp(tanh(s_dom - s_weak))
-with c_audio = 0.95, c_visual = 0.1; the anchor is a copy taken at each epoch start.
-Code oddities are switches: `visual_branch: false` reproduces the code's branch that never fires;
-`score: sum` its batch sums (tanh saturates); `window_from: first` its audio-only Fisher trace.
+Read against the authors' code (GeWu-Lab/InfoReg_CVPR2025, main.py train_epoch; commits 41d887f and
+ea7b9d5): per epoch, each encoder's Fisher trace (sum over conv/linear weights of mean(grad^2), from the
+gradient AFTER the proximal term is added, averaged over the epoch's steps) is appended to a history that
+starts with `window` zeros; k = (tr1 - tr2) / tr1 with tr1, tr2 the sums of the last `window` values and of
+the `window` before, shifted by one, each divided by `window` (k = 1 in epoch 0). The zeros keep the
+window open for about `window` epochs (k is then the newest trace's share of all traces so far). The window
+is open while k > threshold; the more confident modality's encoder gradient gets + beta * (w - w_anchor),
+beta = c_m * exp(tanh(s_dom - s_weak)), c_audio = 0.95, c_visual = 0.1; the anchor is a copy of the
+encoder taken at each epoch start. Code oddities are switches: `visual_branch: false` reproduces 41d887f's
+branch that never fires; `score: sum` its batch sums (tanh saturates); `window_from: first` its
+audio-only Fisher trace; `history: available` the means over stored traces only (no zeros; the window then
+closes as soon as the trace falls, usually at epoch 2).
 """
 from __future__ import annotations
 
@@ -15,11 +20,10 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.balancers.base import Balancer, State, StepAverager
-from trainables.balancers.redreg import sliding_means
+from trainables.metrics import true_class_probs
 
 
 def fisher_trace(params: list[torch.nn.Parameter]) -> float:
@@ -27,12 +31,17 @@ def fisher_trace(params: list[torch.nn.Parameter]) -> float:
     return float(sum(p.grad.pow(2).mean() for p in params if p.grad is not None and p.dim() >= 2))
 
 
-def window_indicator(traces: list[float], window: int) -> float:
-    """k = (tr1 - tr2) / tr1 from sliding means of the trace history; 1 before two epochs exist."""
-    means = sliding_means(traces, window)
-    if means is None:
+def window_indicator(traces: list[float], window: int, zeros: bool = True) -> float:
+    """k = (tr1 - tr2) / tr1; 1 before any trace exists (epoch 0).
+
+    zeros=True (authors' code): the history starts with `window` zeros and both sums are divided by
+    `window`. zeros=False: means over the stored values only (at most `window`); 1 until two exist."""
+    hist = [0.0] * window + list(traces) if zeros else list(traces)
+    if not traces or len(hist) < 2:
         return 1.0
-    tr1, tr2 = means
+    last, before = hist[-window:], hist[-window - 1:-1]
+    tr1 = sum(last) / (window if zeros else len(last))
+    tr2 = sum(before) / (window if zeros else len(before))
     return (tr1 - tr2) / tr1 if tr1 else 0.0
 
 
@@ -49,6 +58,9 @@ class InfoRegParams(BaseModel):
     score: Literal["sum", "mean"] = "sum"
     visual_branch: bool = Field(True, description="false reproduces the authors' code, where it never fires")
     window_from: Literal["each", "first"] = Field("each", description="'first': the code's audio-only trace")
+    history: Literal["zeros", "available"] = Field(
+        "zeros", description="'zeros': the code's trace history starting with `window` zeros (window open "
+                             "~`window` epochs); 'available': means over stored traces only")
 
 
 class InfoReg(Balancer):
@@ -63,11 +75,12 @@ class InfoReg(Balancer):
         self.steps = 0
         self.anchor: dict[str, list[torch.Tensor]] = {}
         self.open: dict[str, bool] = {m: True for m in modalities}
+        self.k: dict[str, float] = {m: 1.0 for m in modalities}
         self.avg = StepAverager()
 
     def on_epoch_start(self, state: State) -> None:
         self.anchor = {m: [p.detach().clone() for p in state.model.encoder(m).parameters()] for m in self.modalities}
-        ks = {m: window_indicator(self.traces[m], self.p.window) for m in self.modalities}
+        ks = {m: window_indicator(self.traces[m], self.p.window, self.p.history == "zeros") for m in self.modalities}
         first = self.modalities[0]
         self.open = {m: (ks[first] if self.p.window_from == "first" else ks[m]) > self.p.threshold
                      for m in self.modalities}
@@ -77,11 +90,7 @@ class InfoReg(Balancer):
 
     def after_backward(self, state: State) -> None:
         a, v = self.modalities
-        for m in self.modalities:
-            self.epoch_fisher[m] += fisher_trace(list(state.model.encoder(m).parameters()))
-        self.steps += 1
-        probs = {m: F.softmax(state.unimodal_logits[m].detach().float(), 1).gather(1, state.labels[:, None])
-                 for m in self.modalities}
+        probs = {m: true_class_probs(state.unimodal_logits[m], state.labels) for m in self.modalities}
         s = {m: float(p.sum() if self.p.score == "sum" else p.mean()) for m, p in probs.items()}
         fired = None
         if s[a] > s[v] and self.open[a]:
@@ -93,6 +102,10 @@ class InfoReg(Balancer):
                 for p, anchor in zip(state.model.encoder(fired).parameters(), self.anchor[fired]):
                     if p.grad is not None:
                         p.grad.add_(p.detach() - anchor, alpha=beta)
+        # The trace reads the gradient the optimizer will apply (proximal term included), as the code does.
+        for m in self.modalities:
+            self.epoch_fisher[m] += fisher_trace(list(state.model.encoder(m).parameters()))
+        self.steps += 1
         self.avg.add(**{f"inforeg_fired_{m}": float(fired == m) for m in self.modalities})
 
     def on_epoch_end(self, state: State) -> None:
@@ -103,6 +116,7 @@ class InfoReg(Balancer):
         out = self.avg.means()
         for m in self.modalities:
             out[f"inforeg_window_open_{m}"] = float(self.open[m])
+            out[f"inforeg_k_{m}"] = self.k[m]
             if self.traces[m]:
                 out[f"inforeg_fisher_{m}"] = self.traces[m][-1]
         return out
