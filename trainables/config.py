@@ -59,6 +59,14 @@ class TrialConfig(Strict):
     # "test" reproduces papers that select on the test set; it is labelled in every output.
     selection: Literal["val", "test"] = "val"
     num_workers: int = Field(0, ge=0, le=64)
+    # Arithmetic of the forward pass (torch.autocast; fp16 adds a GradScaler). `auto`: bf16 on a CUDA device
+    # that supports it, fp32 on the CPU (CPU runs stay bit-deterministic). Resolved by `resolve_precision`;
+    # every epoch record carries the resolved value (`precision`). Balancer statistics stay fp32
+    # (docs/balancers.md, "Precision").
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # torch.compile of the encoders' conv/MLP/Transformer bodies (in place: parameter names and checkpoints
+    # are unchanged, balancers' hooks and RedReg's monitor call the compiled modules).
+    compile: bool = False
     # A subset of the dataset's modalities (e.g. [visual] for a unimodal baseline); null = all.
     modalities: list[str] | None = None
     dataset: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="synthetic"))

@@ -20,10 +20,12 @@ from trainables.balancers.base import State
 from trainables.balancers.registry import build_balancer
 from trainables.config import TrialConfig
 from trainables.data.base import DatasetBundle, model_input
+from trainables.data.on_device import device_data
 from trainables.data.registry import build_dataset
 from trainables.dynamics import DynamicsTracker
 from trainables.metrics import accuracy, macro_f1
 from trainables.models import build_model
+from trainables.precision import Precision
 
 
 class TrialDiverged(RuntimeError):
@@ -80,6 +82,11 @@ class Trainer:
         specs = {m: self.data.modalities[m] for m in self.modalities}
         self.balancer = build_balancer(cfg.balancer.name, cfg.balancer_params(), self.modalities)
         self.model = build_model(specs, self.data.num_classes, cfg.model).to(self.device)
+        self.precision = Precision(cfg.precision, self.device)  # validated before anything is built on it
+        if self.device.type == "cuda":
+            self.model.use_channels_last()
+        if cfg.compile:
+            self.model.compile_encoders()
         self.balancer.bind_model(self.model)
         extra = self.balancer.extra_modules()
         self.extra = extra.to(self.device) if extra is not None else nn.Module()
@@ -91,9 +98,12 @@ class Trainer:
             self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         pin = self.device.type == "cuda"
+        # dataset.on_device: a prepared cache held on the device, augmented there (None: the loader path)
+        self.on_device = device_data(self.data, getattr(cfg.dataset_params(), "on_device", False), self.device)
         self.eval_loaders = {
-            split: DataLoader(getattr(self.data, split), batch_size=2 * o.batch_size, shuffle=False,
-                              num_workers=cfg.num_workers, pin_memory=pin)
+            split: self.on_device.loader(split, 2 * o.batch_size) if self.on_device else
+            DataLoader(getattr(self.data, split), batch_size=2 * o.batch_size, shuffle=False,
+                       num_workers=cfg.num_workers, pin_memory=pin)
             for split in ("val", "test")
         }
         steps = math.ceil(len(self.data.train) / o.batch_size)
@@ -113,6 +123,8 @@ class Trainer:
     def _train_loader(self, epoch: int) -> DataLoader:
         # A generator seeded per epoch makes the shuffle order reproducible after a resume.
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        if self.on_device is not None:  # same order (same permutation); crops and flips from `gen` too
+            return self.on_device.loader("train", self.cfg.optim.batch_size, gen)
         return DataLoader(self.data.train, batch_size=self.cfg.optim.batch_size,
                           sampler=RandomSampler(self.data.train, generator=gen), num_workers=self.cfg.num_workers,
                           pin_memory=self.device.type == "cuda", drop_last=False)
@@ -126,25 +138,27 @@ class Trainer:
         s.inputs, s.labels = self._to_device(inputs), labels.to(self.device)
         s.targets, s.unimodal_targets, s.loss_terms = [(1.0, s.labels)], {}, {}
         b.on_batch_start(s)
-        s.features = b.transform_features(self.model.encode(s.inputs), training=True)
-        b.after_encode(s)
-        s.fused_logits = self.model.fuse(s.features)
-        probe_only = self.cfg.loss_setting == "multimodal"
-        s.unimodal_logits = self.model.unimodal_logits(s.features, detach_probe=probe_only)
-        objective = mixed_cross_entropy(s.fused_logits, s.targets)
-        uni = {m: mixed_cross_entropy(s.unimodal_logits[m], s.unimodal_targets.get(m, s.targets))
-               for m in self.modalities}
-        if not probe_only:
-            objective = objective + sum(uni.values())
-        s.loss = objective
-        b.after_loss(s)  # balancers may add terms to s.loss
+        with self.precision.autocast():  # forward and loss only; backward and after_backward hooks run in fp32
+            s.features = b.transform_features(self.model.encode(s.inputs), training=True)
+            b.after_encode(s)
+            s.fused_logits = self.model.fuse(s.features)
+            probe_only = self.cfg.loss_setting == "multimodal"
+            s.unimodal_logits = self.model.unimodal_logits(s.features, detach_probe=probe_only)
+            objective = mixed_cross_entropy(s.fused_logits, s.targets)
+            uni = {m: mixed_cross_entropy(s.unimodal_logits[m], s.unimodal_targets.get(m, s.targets))
+                   for m in self.modalities}
+            if not probe_only:
+                objective = objective + sum(uni.values())
+            s.loss = objective
+            b.after_loss(s)  # balancers may add terms to s.loss
         if not torch.isfinite(s.loss):
             raise TrialDiverged(f"loss is {float(s.loss.detach())} at epoch {s.epoch + 1}, step {s.step}")
         total = s.loss + (sum(uni.values()) if probe_only and self.model.unimodal_head == "separate" else 0.0)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        b.after_backward(s)  # balancers may change gradients
-        self.optimizer.step()
+        self.precision.backward(total)
+        if self.precision.unscale(self.optimizer):  # False: an fp16 overflow step, skipped by the GradScaler
+            b.after_backward(s)  # balancers may change gradients
+        self.precision.step(self.optimizer)
         b.after_step(s)
         s.step += 1
         return float(s.loss.detach())
@@ -159,13 +173,21 @@ class Trainer:
         self.balancer.reset_epoch_metrics()
         self.balancer.on_epoch_start(s)
         losses, n = 0.0, 0
+        step_times: list[float] = []
+        tick = time.perf_counter()
         for inputs, labels in s.train_loader:
             losses += self.train_step(inputs, labels) * len(labels)
             n += len(labels)
+            step_times.append(time.perf_counter() - tick)  # train_step syncs (it reads the loss)
+            tick = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.balancer.on_epoch_end(s)
-        record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": losses / max(n, 1), "lr": lr}
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": losses / max(n, 1), "lr": lr,
+                                  "precision": self.precision.name}
+        if self.cfg.compile and self.epoch == 0 and len(step_times) > 1:
+            # the first step's extra time over a typical step: torch.compile's tracing and code generation
+            record["compile_time_s"] = max(step_times[0] - float(np.median(step_times[1:])), 0.0)
         for split in ("val", "test"):
             record.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
         record.update(self.dynamics.measure(self.model, self.epoch))
@@ -189,10 +211,11 @@ class Trainer:
         self.extra.eval()
         fused, uni, labels = [], {m: [] for m in self.modalities}, []
         for inputs, y in self.eval_loaders[split]:
-            feats = self.balancer.transform_features(self.model.encode(self._to_device(inputs)), training=False)
-            fused.append(self.model.fuse(feats).argmax(1).cpu())
-            for m, logits in self.model.unimodal_logits(feats).items():
-                uni[m].append(logits.argmax(1).cpu())
+            with self.precision.autocast():
+                feats = self.balancer.transform_features(self.model.encode(self._to_device(inputs)), training=False)
+                fused.append(self.model.fuse(feats).argmax(1).cpu())
+                for m, logits in self.model.unimodal_logits(feats).items():
+                    uni[m].append(logits.argmax(1).cpu())
             labels.append(y)
         return torch.cat(fused), {m: torch.cat(v) for m, v in uni.items()}, torch.cat(labels)
 
@@ -222,6 +245,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "balancer": self.balancer.state_dict(), "epoch": self.epoch, "step": self.state.step,
             "history": self.history, "dynamics_prev": self.dynamics.prev, "torch_rng": torch.get_rng_state(),
+            "grad_scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -232,6 +256,7 @@ class Trainer:
         self.balancer.load_state_dict(sd["balancer"])
         self.epoch, self.state.step, self.history = sd["epoch"], sd["step"], list(sd["history"])
         self.dynamics.prev = dict(sd["dynamics_prev"])
+        self.precision.load_state_dict(sd.get("grad_scaler", {}))
         torch.set_rng_state(sd["torch_rng"])
 
     def save(self, path: str) -> None:

@@ -224,7 +224,11 @@ class RedReg(Balancer):
         x1 = x + self.p.sigma * torch.randn_like(x)
         x2 = x + self.p.sigma * torch.randn_like(x)
         view = enc.feature_map if self.p.rs_features == "feature_map" else enc
-        red = float(redundancy_score(view(x1), view(x2), x1, x2, self.p.eps, self.p.rs_reduce))
+        if self.p.rs_eval_mode:  # eval mode: each sample's features ignore the rest of the batch, so one 2B pass
+            z1, z2 = view(torch.cat([x1, x2])).chunk(2)
+        else:  # train-mode BatchNorm normalises by batch statistics: a joint batch would change both copies
+            z1, z2 = view(x1), view(x2)
+        red = float(redundancy_score(z1, z2, x1, x2, self.p.eps, self.p.rs_reduce))
         enc.train(was_training)
         if self.p.rs_normalise == "ema":
             ema = self.rs_ema.get(m, red)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainables.errors import ConfigError
 from trainables.data.base import DatasetBundle
@@ -43,6 +45,17 @@ class CremaDParams(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     split_seed: int = Field(0, ge=0)
     image_size: int = Field(224, ge=16, le=1024)
+    # Hold a prepared cache on the training device, crops and flips there in batch (trainables/data/on_device.py):
+    # auto = when it is a prepared cache on a GPU with room for it, else the loader path.
+    on_device: Literal["auto"] | bool = "auto"
+
+    @field_validator("on_device", mode="before")
+    @classmethod
+    def _on_device(cls, value: Any) -> Any:
+        allowed = {"auto": "auto", True: True, False: False, "true": True, "false": False}
+        if isinstance(value, (bool, str)) and value in allowed:
+            return allowed[value]
+        raise ValueError("must be one of: auto, true, false")
 
 
 def log_spectrogram(wave: np.ndarray) -> torch.Tensor:
@@ -127,6 +140,19 @@ class CremaDLayout(Layout):
         images = [frames[min(i, len(frames) - 1)] for i in range(self.p.frames)]
         return {"audio": torch.as_tensor(np.array(sample["audio"], dtype=np.float32)),
                 "visual": stack_frames(images, imagenet_transform(train, self.p.image_size))}
+
+
+    def untransformed(self, sample: dict) -> dict[str, np.ndarray]:
+        """What `to_tensors` starts from, before any crop: the spectrogram and the first T frames as
+        T x H x W x C uint8 (the on-device path's input; needs a prepared sample)."""
+        frames = sample["visual"]
+        picks = [min(i, len(frames) - 1) for i in range(self.p.frames)]
+        return {"audio": np.asarray(sample["audio"], dtype=np.float32),
+                "visual": np.stack([np.asarray(frames.array[i]) for i in picks])}
+
+    def on_device_sizes(self) -> dict[str, int]:
+        """Frame modalities and their output side (RandomResizedCrop / Resize target)."""
+        return {"visual": self.p.image_size}
 
 
 def build_crema_d(p: CremaDParams) -> DatasetBundle:

@@ -13,6 +13,12 @@ from trainables.data.base import ModalitySpec
 
 class Encoder(nn.Module):
     out_dim: int
+    # Set by MultimodalNet.use_channels_last (CUDA): conv inputs in NHWC, the layout tensor cores prefer.
+    channels_last: bool = False
+
+    def body(self) -> nn.Module:
+        """The module that holds the FLOPs (what `compile` compiles in place)."""
+        return self
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -22,6 +28,10 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.feature_map(x))
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -56,8 +66,11 @@ class SpectrogramEncoder(Encoder):
         super().__init__()
         self.trunk, self.out_dim = trunk, out_dim
 
+    def body(self) -> nn.Module:
+        return self.trunk
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
+        return self.trunk(_layout(x, self.channels_last))
 
     def pool(self, fmap: torch.Tensor) -> torch.Tensor:
         return fmap.mean(dim=(2, 3))
@@ -71,10 +84,13 @@ class FramesEncoder(Encoder):
         super().__init__()
         self.trunk, self.out_dim = trunk, out_dim
 
+    def body(self) -> nn.Module:
+        return self.trunk
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        fmap = self.trunk(frames)
+        fmap = self.trunk(_layout(frames, self.channels_last))
         _, d, fh, fw = fmap.shape
         return fmap.view(b, t, d, fh, fw).permute(0, 2, 1, 3, 4)  # B x D x T x h x w
 

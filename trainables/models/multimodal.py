@@ -40,6 +40,19 @@ class MultimodalNet(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.fuse(self.encode(inputs))
 
+    def use_channels_last(self) -> None:
+        """Conv weights and conv inputs in NHWC (on CUDA: faster convolutions under autocast)."""
+        self.to(memory_format=torch.channels_last)
+        for enc in self.encoders.values():
+            enc.channels_last = True
+
+    def compile_encoders(self) -> None:
+        """torch.compile each encoder's body in place (nn.Module.compile): parameter names, state_dict and
+        checkpoints are unchanged, and every caller -- the trainer, balancers' hooks, RedReg's monitor through
+        `feature_map` or the encoder itself -- runs the compiled body. Compilation happens on first use."""
+        for enc in self.encoders.values():
+            enc.body().compile()
+
 
 def build_model(modalities: dict[str, ModalitySpec], num_classes: int, cfg: ModelConfig) -> MultimodalNet:
     return MultimodalNet(modalities, num_classes, cfg)
