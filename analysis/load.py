@@ -7,18 +7,18 @@
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from mlflow.tracking import MlflowClient
 
-from trainables.config import flatten, unflatten
+from study.records import SNAPSHOT_ARTIFACT, STUDY_FILE, default_tracking_uri
+from trainables.config import flatten
 from trainables.errors import ConfigError
-
-STUDY_FILE = "study.json"
 
 
 @dataclass
@@ -32,13 +32,14 @@ class StudyRef:
 
 
 def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
-    """A study folder (reads study.json) or an MLflow experiment name / study name."""
+    """A study folder (reads study.json) or an MLflow experiment name / study name (reads the snapshot the
+    parent run keeps as an artifact). Either way the config is the study's snapshot, never the live YAML."""
     path = Path(study)
     if (path / STUDY_FILE).is_file():
         info = json.loads((path / STUDY_FILE).read_text())
         return StudyRef(info["name"], tracking_uri or info["tracking_uri"], info["experiment_id"],
                         info["parent_run_id"], info["config"], str(path.resolve()))
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(study) or client.get_experiment_by_name(f"mmstudy/{study}")
     if exp is None:
@@ -48,9 +49,18 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     if not parents:
         raise ConfigError(f"study: experiment '{exp.name}' has no mmstudy study run")
     parent = parents[0]
-    config_raw = {k: _parse(v) for k, v in parent.data.params.items()}
     return StudyRef(parent.data.tags.get("mmstudy.study", exp.name), uri, exp.experiment_id, parent.info.run_id,
-                    unflatten(config_raw), parent.data.tags.get("mmstudy.study_dir"))
+                    snapshot_of(client, parent.info.run_id), parent.data.tags.get("mmstudy.study_dir"))
+
+
+def snapshot_of(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
+    """The resolved study config the parent run keeps (`study.yaml`); empty for a run without one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(parent_run_id, SNAPSHOT_ARTIFACT, tmp)
+        except Exception:  # noqa: BLE001 -- not an artifact of this run
+            return {}
+        return yaml.safe_load(Path(path).read_text()) or {}
 
 
 def _parse(value: str) -> Any:
@@ -67,7 +77,8 @@ def child_runs(ref: StudyRef) -> list:
 
 
 def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """One row per trial: trial/run ids, status, seeds, loss setting, the sampled point, every resolved
+    """One row per trial: trial/run ids, role (search | sensitivity | compare | baseline | confirm) and the
+    search trial a confirmation re-trains, status, seeds, loss setting, the sampled point, every resolved
     parameter (as `param.<dotted key>`) and the final metrics (latest values, best_* at the best
     validation epoch, mean and std over seeds)."""
     ref = resolve_study(study, tracking_uri)
@@ -79,6 +90,7 @@ def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
         seeds = json.loads(tags.get("mmstudy.seeds", "[0]"))
         row: dict[str, Any] = {
             "trial_id": tags.get("mmstudy.trial_id"), "run_id": run.info.run_id,
+            "role": tags.get("mmstudy.role"), "confirms": tags.get("mmstudy.confirms"),
             "status": tags.get("mmstudy.status", run.info.status.lower()),
             "status_reason": tags.get("mmstudy.status_reason", ""),
             "seeds": seeds, "num_seeds": len(seeds),

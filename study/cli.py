@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_prepare)
     _add_study_commands(sub)
+    for command in sub.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -110,14 +112,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # argparse fills a positional list at its first occurrence; key=value options typed after the flags
-    # belong to it too.
-    target = "dataset" if args.command == "prepare" else "overrides"
-    if extra and (not hasattr(args, target) or any(e.startswith("-") or "=" not in e for e in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        setattr(args, target, [*getattr(args, target), *extra])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, _ = parser.parse_known_args(argv)  # which command (usage errors and --help end here)
+    # The command's own parser reads its arguments intermixed: key=value options may follow the flags.
+    args = args.command_parser.parse_intermixed_args(argv[1:])
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
@@ -128,26 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def exit_without_teardown(code: int) -> None:
-    """Exit once every atexit handler has run (Ray's shutdown, logging's flush, temp-folder cleanup), but
-    skip the interpreter's teardown of the torch, Ray and MLflow module graphs: about a second of freeing
-    objects that buys a finished command nothing. Falls back to a normal exit while a non-daemon thread
-    still runs, since such a thread would expect to finish."""
-    import atexit
-    import os
-    import threading
-
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        sys.exit(code)
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def entry_point() -> None:
     """The `mmstudy` console script."""
-    exit_without_teardown(main())
+    sys.exit(main())
 
 
 if __name__ == "__main__":

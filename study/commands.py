@@ -1,4 +1,5 @@
-"""`mmstudy run | resume | list`: the study subcommands (argparse wiring only; the work is in runner)."""
+"""`mmstudy run | resume | sync | list | report | ui`: the study subcommands (argparse wiring and what they
+print; the work is in runner, records and analysis)."""
 from __future__ import annotations
 
 import argparse
@@ -15,43 +16,64 @@ def _run(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         overrides.append(f"tracking_uri={args.tracking_uri}")
     cfg = load_study_config(args.config, overrides)
-    results = run_study(cfg, args.config, verbose=args.verbose)
-    _summary(cfg.name, cfg.resolved_experiment(), cfg.study_dir(), results, cfg.metric.name, cfg.metric.mode)
+    _summary(run_study(cfg, args.config, verbose=args.verbose))
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from study.runner import read_study_file, resume_study
+    from study.runner import resume_study
 
-    info = read_study_file(args.study_dir)
-    results = resume_study(args.study_dir, verbose=args.verbose)
-    metric = info["config"]["metric"]
-    _summary(info["name"], info["experiment_name"], args.study_dir, results, metric["name"], metric["mode"])
+    _summary(resume_study(args.study_dir, verbose=args.verbose))
     return 0
 
 
-def _summary(name, experiment, study_dir, results, metric, mode) -> None:
-    from study.runner import top_trials_table
+def _summary(outcome) -> None:
+    study, results = outcome.study, outcome.results
+    cfg = study.config
+    print(f"\nstudy '{study.name}': {len(results)} trials, {len(results.errors)} errored")
+    print(f"top trials by {cfg.metric.name} ({cfg.metric.mode}); test accuracy at each seed's best validation "
+          f"epoch, mean over seeds:")
+    print(top_trials_table(results.get_dataframe(), cfg.metric.name, cfg.metric.mode))
+    if outcome.summary is not None:
+        print(f"\n{outcome.summary.text}")
+    print(f"\nMLflow: `mmstudy ui {study.dir}`  (experiment {study.info['experiment_name']})")
+    print(f"report: `mmstudy report {study.dir}`")
 
-    print(f"\nstudy '{name}': {len(results)} trials, {len(results.errors)} errored")
-    print("top trials (selected on validation; test accuracy at the best validation epoch, mean over seeds):")
-    print(top_trials_table(results, metric, mode))
-    print(f"MLflow experiment: {experiment}  (browse with `mlflow ui` in this directory)")
-    print(f"study folder: {study_dir}  (report: `mmstudy report {study_dir}`)")
+
+def top_trials_table(frame, metric: str, mode: str, k: int = 5) -> str:
+    """The study's own trials, best first by its metric and mode, with their sampled point."""
+    import pandas as pd
+
+    from study.records import rank
+
+    ranked = rank(frame, metric, mode).head(k)
+    if ranked.empty:
+        return "no trial reported the study's metric"
+    keep = ["trial_id", *[c for c in ranked if c.startswith("config/point/")], "training_iteration", metric,
+            "best_val_acc", "best_test_acc", "best_test_acc_std"]
+    table = ranked[list(dict.fromkeys(c for c in keep if c in ranked))].dropna(axis=1, how="all")
+    table = table.drop(columns=["config/point/sweep_param"], errors="ignore")
+    table = table.rename(columns=lambda c: c.replace("config/point/", "").replace("balancer.", "")
+                         .replace("training_iteration", "epochs"))
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4f}".format):
+        return table.to_string(index=False)
 
 
 def _list(args: argparse.Namespace) -> int:
-    from study.runner import list_studies
+    from study.records import list_studies
 
     rows = list_studies(args.storage_path)
     if not rows:
         print(f"no studies under '{args.storage_path}'")
         return 0
-    print(f"{'name':<28} {'status':<10} {'trials':>6} {'done':>5} {'best_val':>9} {'its_test':>9}  folder")
+    print(f"{'name':<28} {'status':<10} {'trials':>6} {'done':>5} {'metric (mode)':<22} {'best':>8} {'its_test':>9}  "
+          f"folder")
     for r in rows:
+        best = r["best"] or {}
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"  # noqa: E731
         print(f"{r['name']:<28} {r['status']:<10} {r['trials']:>6} {r['with_results']:>5} "
-              f"{fmt(r['best_val_acc']):>9} {fmt(r['best_test_acc']):>9}  {r['dir']}")
+              f"{r['metric'] + ' (' + r['mode'] + ')':<22} {fmt(best.get(r['metric'])):>8} "
+              f"{fmt(best.get('best_test_acc')):>9}  {r['dir']}")
     return 0
 
 
@@ -67,25 +89,25 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from study import records
 
-    from study.config import load_study_config
-    from study.runner import read_study_file
-    from study.tracking import connect, sync_study
-
-    info = read_study_file(args.study_dir)
-    connect(info["tracking_uri"])
-    cfg = load_study_config(None, raw=info["config"])
-    counts = sync_study(Path(args.study_dir), info, cfg.base_trial(), list(cfg.seeds))
-    if info.get("status") == "finished":
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=info["tracking_uri"])
-        client.set_tag(info["parent_run_id"], "mmstudy.status", "finished")
-        client.set_terminated(info["parent_run_id"], status="FINISHED")
-    print(f"synced {counts['trials']} trials into MLflow ({info['tracking_uri']}): {counts['epochs_logged']} "
+    study = records.open_study(args.study_dir)
+    counts = records.sync(study)
+    print(f"synced {counts['trials']} trials into MLflow ({study.info['tracking_uri']}): {counts['epochs_logged']} "
           f"epochs logged, {counts['closed']} runs closed")
     return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from study.ui import open_ui
+
+    return open_ui(args.study, host=args.host, port=args.port)
+
+
+def _verbosity(parser) -> None:
+    parser.add_argument("-v", action="count", dest="verbose", default=0,
+                        help="Ray Tune's own progress tables instead of the compact view (-vv: more)")
+    parser.add_argument("--verbose", type=int, dest="verbose", help="Tune verbosity 0-3 (0: the compact view)")
 
 
 def add_commands(sub) -> None:
@@ -93,13 +115,13 @@ def add_commands(sub) -> None:
     r.add_argument("config", help="study YAML, e.g. study/configs/smoke.yaml")
     r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    r.add_argument("--verbose", type=int, default=1, help="Tune verbosity 0-3")
+    _verbosity(r)
     r.add_argument("overrides", nargs="*", help="dotted key=value, e.g. num_samples=20 trial.epochs=8")
     r.set_defaults(func=_run)
 
     s = sub.add_parser("resume", help="continue an interrupted study (finished trials are not re-run)")
     s.add_argument("study_dir")
-    s.add_argument("--verbose", type=int, default=1)
+    _verbosity(s)
     s.set_defaults(func=_resume)
 
     rp = sub.add_parser("report", help="sensitivity/dynamics/importance figures, Table-I comparison, report.md")
@@ -113,6 +135,12 @@ def add_commands(sub) -> None:
     sy.add_argument("study_dir")
     sy.set_defaults(func=_sync)
 
-    ls = sub.add_parser("list", help="studies with status, trial counts and best result")
+    ls = sub.add_parser("list", help="studies with status, trial counts and best result by their metric")
     ls.add_argument("--storage-path", default=os.environ.get("MMSTUDY_STORAGE", "runs"))
     ls.set_defaults(func=_list)
+
+    ui = sub.add_parser("ui", help="MLflow's UI on a study's store, opened on its runs table")
+    ui.add_argument("study", nargs="?", help="a study folder or experiment name (default: the default store)")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_ui)

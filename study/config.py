@@ -1,27 +1,38 @@
-"""The study config: what to search, how, where to log -- validated whole before anything starts."""
+"""The study config: what to search, how, where to log -- validated whole, once, before anything starts.
+
+A study's resolved config (its search space inlined, its tracking URI and experiment filled in) is the
+snapshot the study folder and the parent MLflow run keep: resume, report and sync read it, never the live
+YAML files it came from.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from search_spaces import SearchSpace, apply_point, load_space, sensitivity_points, validate_space
+from search_spaces import SearchSpace, apply_point, grid_points, load_space, sensitivity_points, validate_space
+from trainables.config import (Strict, TrialConfig, build_trial_config, deep_merge, flatten,
+                               format_validation_error, parse_overrides, read_yaml)
 from trainables.errors import ConfigError
-from trainables.config import (build_trial_config, deep_merge, flatten, format_validation_error,
-                               parse_overrides, read_yaml)
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# A trial's `mmstudy.role`: the study's own trials by mode, then the ones every study adds.
+OWN_ROLES = ("search", "sensitivity", "compare")
+ROLES = (*OWN_ROLES, "baseline", "confirm")
 
 
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0, le=1024)
     gpu: float = Field(0.0, ge=0, le=64, description="fractions share a GPU between trials")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError("fractions must be below 1 (e.g. 0.5); whole numbers above")
+        return gpu
 
 
 class AshaConfig(Strict):
@@ -30,7 +41,7 @@ class AshaConfig(Strict):
 
 
 class MetricConfig(Strict):
-    name: str = Field("val_acc", description="a reported key: val_acc, best_val_acc, val_f1, ...")
+    name: str = Field("val_acc", description="a reported key: val_acc, best_val_acc, val_f1, train_loss, ...")
     mode: Literal["max", "min"] = "max"
 
 
@@ -38,11 +49,33 @@ class SensitivityConfig(Strict):
     params: list[str] | None = Field(None, description="parameters to sweep one at a time (default: all with a grid)")
 
 
+def _distinct(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError("seeds must be distinct non-negative integers")
+    return seeds
+
+
+class BaselineConfig(Strict):
+    """Joint training (`none`) with the study's trial config, budget and loss settings, as trials of the study."""
+    enabled: bool | None = Field(None, description="default: on for search and sensitivity, off for compare")
+    seeds: list[int] | None = Field(None, min_length=3, description="default: the confirmation seeds (search) "
+                                    "or the study's seeds, extended to three")
+    _check = field_validator("seeds")(lambda cls, s: s if s is None else _distinct(s))
+
+
+class ConfirmConfig(Strict):
+    """After a search: the top-k configurations re-trained with seeds the search never saw (winner's curse)."""
+    top_k: int = Field(3, ge=0, le=100, description="0 turns confirmation off")
+    seeds: list[int] = Field(default_factory=lambda: [1000, 1001, 1002], min_length=1)
+    _check = field_validator("seeds")(lambda cls, s: _distinct(s))
+
+
 class StudyConfig(Strict):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     mode: Literal["search", "sensitivity", "compare"] = "search"
     trial: dict[str, Any] = Field(default_factory=dict, description="the base trial config")
-    loss_settings: list[Literal["multimodal", "multimodal+unimodal"]] = Field(default_factory=lambda: ["multimodal"])
+    loss_settings: list[Literal["multimodal", "multimodal+unimodal"]] = Field(
+        default_factory=lambda: ["multimodal"], min_length=1)
     search_space: str | dict[str, Any] | None = None
     searcher: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     scheduler: Literal["asha", "none"] = "asha"
@@ -52,9 +85,13 @@ class StudyConfig(Strict):
     resources: Resources = Field(default_factory=Resources)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     metric: MetricConfig = Field(default_factory=MetricConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    confirm: ConfirmConfig = Field(default_factory=ConfirmConfig)
     sampler_seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
     max_failures: int = Field(2, ge=0, description="retries of a crashing trial from its last checkpoint")
     checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints (the last is always kept)")
+    log_checkpoint: Literal["best", "none"] | None = Field(
+        None, description="the best epoch's weights on each trial's MLflow run (default: none for synthetic data)")
     storage_path: str = Field("runs", description="studies live in STORAGE_PATH/NAME")
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     experiment_name: str | None = Field(None, description="MLflow experiment (default: mmstudy/NAME)")
@@ -63,33 +100,96 @@ class StudyConfig(Strict):
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="compare mode: named trial overrides (e.g. methods), run x loss_settings")
 
-    @field_validator("seeds")
+    _space: SearchSpace = PrivateAttr()
+    _trial: TrialConfig = PrivateAttr()
+
+    _seeds = field_validator("seeds")(lambda cls, s: _distinct(s))
+
+    @field_validator("loss_settings")
     @classmethod
-    def _unique(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-            raise ValueError("seeds must be distinct non-negative integers")
-        return seeds
+    def _no_repeats(cls, settings: list[str]) -> list[str]:
+        if len(set(settings)) != len(settings):
+            raise ValueError("loss_settings must be a list without repeats")
+        return settings
 
     @model_validator(mode="after")
-    def _loss_settings(self) -> "StudyConfig":
-        if len(set(self.loss_settings)) != len(self.loss_settings) or not self.loss_settings:
-            raise ValueError("loss_settings must be a non-empty list without repeats")
+    def _resolve_and_check(self) -> "StudyConfig":
+        """Everything that can be checked without running: the base trial (validated here, once), the space,
+        the grids, the baseline and confirmation seeds."""
+        self._space = load_space(self.search_space)
+        base = self.base_trial()
+        try:
+            self._trial = build_trial_config(base)
+        except ConfigError as err:
+            raise ConfigError(f"trial.{err}") from None
+        space = self._space
+        if space.balancer and self._trial.balancer.name != space.balancer:
+            raise ConfigError(f"search_space: space is for balancer '{space.balancer}' but trial.balancer.name is "
+                              f"'{self._trial.balancer.name}'")
+        validate_space(space, base)
+        if self.mode == "compare":
+            if not self.variants:
+                raise ConfigError("variants: compare mode needs at least one named variant "
+                                  "(e.g. none: {balancer: {name: none}})")
+            for point in compare_points(self):
+                try:
+                    build_trial_config(apply_point(base, point))
+                except ConfigError as err:
+                    raise ConfigError(f"variants.{point['sweep_value']}: {err}") from None
+        elif self.mode == "sensitivity":
+            sensitivity_points(space, base, self.sensitivity.params, self.loss_settings)
+        elif self.searcher == "grid":
+            if not grid_points(space, base):
+                raise ConfigError("search_space: the grid has no point that meets the constraints")
+        elif not space.sampled_names() and len(self.loss_settings) == 1:
+            raise ConfigError("search_space: nothing to search (no sampled parameter); add params or use "
+                              "mode: sensitivity")
+        if self.confirming() and set(self.confirm.seeds) & set(self.seeds):
+            raise ConfigError(f"confirm.seeds: must be seeds the search never saw (the study's seeds are "
+                              f"{self.seeds})")
         return self
 
     # --- resolved views ---------------------------------------------------------
     def base_trial(self) -> dict[str, Any]:
         """The base trial tree with the space's balancer and the first loss setting filled in."""
         base = dict(self.trial)
-        space = self.space()
+        space = self._space
         if space.balancer and "name" not in (base.get("balancer") or {}):
             base = deep_merge(base, {"balancer": {"name": space.balancer}})
         return deep_merge(base, {"loss_setting": self.loss_settings[0]})
 
+    def trial_config(self) -> TrialConfig:
+        """The validated base trial (built once, when the study config was validated)."""
+        return self._trial
+
     def space(self) -> SearchSpace:
-        return load_space(self.search_space)
+        return self._space
+
+    def baseline_seeds(self) -> list[int]:
+        """The baseline's seeds: given, else the confirmation seeds (paired with the confirmed configurations)
+        or the study's seeds, extended to three."""
+        if self.baseline.seeds:
+            return list(self.baseline.seeds)
+        seeds = list(self.confirm.seeds if self.confirming() else self.seeds)
+        while len(seeds) < 3:
+            seeds.append(max(seeds) + 1)
+        return seeds
+
+    def has_baseline(self) -> bool:
+        return self.baseline.enabled if self.baseline.enabled is not None else self.mode != "compare"
+
+    def confirming(self) -> bool:
+        return self.mode == "search" and self.confirm.top_k > 0
+
+    def checkpoint_policy(self) -> str:
+        if self.log_checkpoint is not None:
+            return self.log_checkpoint
+        return "none" if self._trial.dataset.name == "synthetic" else "best"
 
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        from study.records import default_tracking_uri
+
+        return self.tracking_uri or default_tracking_uri()
 
     def resolved_experiment(self) -> str:
         return self.experiment_name or f"mmstudy/{self.name}"
@@ -97,8 +197,15 @@ class StudyConfig(Strict):
     def study_dir(self) -> Path:
         return (Path(self.storage_path) / self.name).resolve()
 
+    def snapshot(self) -> dict[str, Any]:
+        """The resolved config a study keeps: the search space inlined, tracking and experiment filled in."""
+        raw = self.model_dump(mode="json")
+        raw.update(search_space=self._space.model_dump(mode="json", exclude_defaults=True),
+                   tracking_uri=self.resolved_tracking_uri(), experiment_name=self.resolved_experiment())
+        return raw
+
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.snapshot(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load_study_config(path: str | None, overrides: list[str] | None = None, raw: dict | None = None) -> StudyConfig:
@@ -112,47 +219,12 @@ def load_study_config(path: str | None, overrides: list[str] | None = None, raw:
     if overrides:
         raw = deep_merge(raw, parse_overrides(overrides))
     try:
-        cfg = StudyConfig(**raw)
+        return StudyConfig(**raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model=StudyConfig)) from None
-    check_study(cfg)
-    return cfg
 
 
 def compare_points(cfg: StudyConfig) -> list[dict[str, Any]]:
     """Compare mode: every named variant under every loss setting (Table I rows)."""
     return [{"sweep_param": "variant", "sweep_value": name, **flatten(overrides), "loss_setting": setting}
             for name, overrides in cfg.variants.items() for setting in cfg.loss_settings]
-
-
-def check_study(cfg: StudyConfig) -> None:
-    """Everything that can be checked without running: the base trial, the space, the grids."""
-    base = cfg.base_trial()
-    try:
-        trial = build_trial_config(base)
-    except ConfigError as err:
-        raise ConfigError(f"trial.{err}") from None
-    space = cfg.space()
-    if space.balancer and trial.balancer.name != space.balancer:
-        raise ConfigError(f"search_space: space is for balancer '{space.balancer}' but trial.balancer.name is "
-                          f"'{trial.balancer.name}'")
-    validate_space(space, base)
-    if cfg.mode == "compare":
-        if not cfg.variants:
-            raise ConfigError("variants: compare mode needs at least one named variant (e.g. none: {balancer: {name: none}})")
-        for point in compare_points(cfg):
-            try:
-                build_trial_config(apply_point(base, point))
-            except ConfigError as err:
-                raise ConfigError(f"variants.{point['sweep_value']}: {err}") from None
-    elif cfg.mode == "sensitivity":
-        sensitivity_points(space, base, cfg.sensitivity.params, cfg.loss_settings)
-    elif cfg.searcher == "grid":
-        from search_spaces import grid_points
-
-        if not grid_points(space, base):
-            raise ConfigError("search_space: the grid has no point that meets the constraints")
-    elif not space.sampled_names() and len(cfg.loss_settings) == 1:
-        raise ConfigError("search_space: nothing to search (no sampled parameter); add params or use mode: sensitivity")
-    if cfg.resources.gpu > 0 and cfg.resources.gpu > 1 and cfg.resources.gpu != int(cfg.resources.gpu):
-        raise ConfigError("resources.gpu: fractions must be below 1 (e.g. 0.5); whole numbers above")

@@ -241,11 +241,11 @@ def test_a_study_trains_from_a_prepared_cache_with_worker_processes(tmp_path, ra
     assert len(pickle.dumps(cached)) < 20_000  # the index only: 18 clips of 3 x 32 x 32 frames would be more
     raw = {"name": "ks_prepared", "storage_path": str(tmp_path / "runs"),
            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "num_samples": 2, "max_concurrent": 2,
-           "search_space": "ogm_ge", "scheduler": "none",
+           "search_space": "ogm_ge", "scheduler": "none", "baseline": {"enabled": False}, "confirm": {"top_k": 0},
            "trial": {"epochs": 1, "num_workers": 2, "model": {"feature_dim": 8}, "optim": {"batch_size": 4},
                      "dataset": {"name": "kinetics_sounds", "root": str(tmp_path / "cache"), "image_size": 32}}}
     cfg = load_study_config(None, raw=raw)
-    results = run_study(cfg, verbose=0)
+    results = run_study(cfg).results
     assert len(results) == 2 and not results.errors
     client = MlflowClient(cfg.resolved_tracking_uri())
     info = json.loads((cfg.study_dir() / "study.json").read_text())

@@ -37,7 +37,7 @@ def child_runs_by_variant(cfg):
 
 def test_diverging_trial_is_recorded_and_the_study_continues(tmp_path, ray_local):
     cfg = compare_study(tmp_path, "div", {"ok": {}, "nan": {"dataset": {"noise": 1e39}}})
-    results = run_study(cfg, verbose=0)
+    results = run_study(cfg).results
     assert len(results) == 2 and not results.errors
     client, runs = child_runs_by_variant(cfg)
     assert runs["ok"].data.tags["mmstudy.status"] == "finished"
@@ -53,7 +53,7 @@ def test_crashing_trial_is_retried_from_its_checkpoint_then_marked_failed(tmp_pa
                                 "always": True}},
     }
     cfg = compare_study(tmp_path, "crash", variants, max_failures=1)
-    results = run_study(cfg, verbose=0)
+    results = run_study(cfg).results
     assert len(results.errors) == 1  # only the always-crashing trial, after its retry
     client, runs = child_runs_by_variant(cfg)
     once = runs["once"]
@@ -201,17 +201,19 @@ def test_mlflow_going_away_mid_study_loses_nothing(tmp_path):
 
 
 def test_a_diverged_trial_is_a_failed_trial_for_optuna(tmp_path, ray_local):
-    from ray.tune.search.optuna import OptunaSearch
+    """Read back with `optuna.load_study` from the journal in the study folder (what optuna-dashboard opens)."""
+    import optuna
 
     space = {"params": {"dataset.noise": {"type": "categorical", "choices": [1.0, 1.0e39]}}}
     raw = {"name": "optdiv", "trial": TINY, "search_space": space, "searcher": "random", "scheduler": "none",
-           "num_samples": 6, "storage_path": str(tmp_path / "runs"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+           "num_samples": 6, "storage_path": str(tmp_path / "runs"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+           "baseline": {"enabled": False}, "confirm": {"top_k": 0}}
     cfg = load_study_config(None, raw=raw)
-    results = run_study(cfg, verbose=0)
+    results = run_study(cfg).results
     assert len(results) == 6 and not results.errors  # the study went on
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(cfg.study_dir() / "tune"))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(cfg.study_dir() / "optuna.journal")))
     states = {}
-    for t in searcher._ot_study.trials:
+    for t in optuna.load_study(study_name="optdiv", storage=storage).trials:
         states.setdefault(t.params["dataset.noise"], set()).add(t.state.name)
     assert states.get(1.0e39) == {"FAIL"} and states.get(1.0) == {"COMPLETE"}, states

@@ -31,7 +31,7 @@ def search_study(tmp_path_factory, ray_local):
            "search_space": {"balancer": "redreg", "params": {
                "gamma": {"low": 0.0, "high": 2.0}, "beta": {"low": 0.1, "high": 2.0, "log": True},
                "optim.lr": {"low": 0.005, "high": 0.2, "log": True}}},
-           "num_samples": 4, "scheduler": "none", "seeds": [0, 1],
+           "num_samples": 4, "scheduler": "none", "seeds": [0, 1], "baseline": {"enabled": False}, "confirm": {"top_k": 0},
            "loss_settings": ["multimodal", "multimodal+unimodal"]}
     cfg = load_study_config(None, raw=raw)
     run_study(cfg, verbose=0)

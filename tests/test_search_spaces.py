@@ -108,12 +108,12 @@ def test_cmaes_sampler_respects_the_constraint_too():
 def test_storage_checks_fail_fast(tmp_path, monkeypatch):
     import shutil as _shutil
 
-    from study.runner import check_storage
+    from study.records import check_storage
 
-    monkeypatch.setattr("study.runner.os.access", lambda path, mode: False)
+    monkeypatch.setattr("study.records.os.access", lambda path, mode: False)
     with pytest.raises(ConfigError, match="storage_path: .* is not writable"):
         check_storage(tmp_path / "runs" / "x")
     monkeypatch.undo()
-    monkeypatch.setattr("study.runner.shutil.disk_usage", lambda p: _shutil._ntuple_diskusage(10, 10, 1024))
+    monkeypatch.setattr("study.records.shutil.disk_usage", lambda p: _shutil._ntuple_diskusage(10, 10, 1024))
     with pytest.raises(ConfigError, match="storage_path: only 0 MiB free"):
         check_storage(tmp_path / "runs" / "x")

@@ -11,7 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.config import load_study_config
-from study.runner import list_studies, run_study
+from study.records import list_studies
+from study.runner import resume_study, run_study
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +21,11 @@ TINY_TRIAL = {"epochs": 3, "dataset": {"name": "synthetic", "size": "tiny", "n_t
 
 
 def study_raw(tmp_path, name, **extra):
+    """A tiny study; without a baseline or confirmations unless a test asks for them."""
     raw = {"name": name, "trial": TINY_TRIAL, "storage_path": str(tmp_path / "runs"),
            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "num_samples": 4, "max_concurrent": 2,
-           "search_space": "redreg", "asha": {"grace_period": 1, "reduction_factor": 2}}
+           "search_space": "redreg", "asha": {"grace_period": 1, "reduction_factor": 2},
+           "baseline": {"enabled": False}, "confirm": {"top_k": 0}}
     raw.update(extra)
     return raw
 
@@ -34,22 +37,50 @@ def children(client, study_dir):
     return info, runs
 
 
+def by_role(runs) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for run in runs:
+        out.setdefault(run.data.tags["mmstudy.role"], []).append(run)
+    return out
+
+
 def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local):
-    cfg = load_study_config(None, raw=study_raw(tmp_path, "search", seeds=[0, 1]))
-    results = run_study(cfg, verbose=0)
-    assert len(results) == 4 and not results.errors
+    """A search with its joint-training baseline and the confirmation of its top 2 configurations, all trials
+    of one Tune run: 4 search trials (2 seeds), 1 baseline (3 seeds), 2 confirmations (fresh seed 7)."""
+    cfg = load_study_config(None, raw=study_raw(tmp_path, "search", seeds=[0, 1], baseline={"seeds": [0, 1, 2]},
+                                                confirm={"top_k": 2, "seeds": [7]}))
+    outcome = run_study(cfg)
+    assert len(outcome.results) == 7 and not outcome.results.errors
     client = MlflowClient(cfg.resolved_tracking_uri())
     info, runs = children(client, cfg.study_dir())
     parent = client.get_run(info["parent_run_id"])
     assert parent.data.tags["mmstudy.study"] == "search" and parent.data.tags["mmstudy.dataset"] == "synthetic/tiny"
     assert len(parent.data.tags["mmstudy.config_hash"]) == 12 and "mmstudy.git_commit" in parent.data.tags
     assert parent.data.params["searcher"] == "tpe" and parent.info.status == "FINISHED"
-    artifacts = [a.path for a in client.list_artifacts(info["parent_run_id"])]
-    assert "study.yaml" in artifacts
-    assert len(runs) == 4
-    for run in runs:
+    assert "study.yaml" in [a.path for a in client.list_artifacts(info["parent_run_id"])]
+    # the answer against the baseline: printed, on the parent run as metrics and as its description
+    assert outcome.summary is not None and parent.data.tags["mlflow.note.content"] == outcome.summary.text
+    assert "baseline_test_acc" in parent.data.metrics and "best_minus_baseline" in parent.data.metrics
+    roles = by_role(runs)
+    assert {k: len(v) for k, v in roles.items()} == {"search": 4, "baseline": 1, "confirm": 2}
+    search_ids = {r.data.tags["mmstudy.trial_id"] for r in roles["search"]}
+    confirmed = [r.data.tags["mmstudy.confirms"] for r in roles["confirm"]]
+    assert len(set(confirmed)) == 2 and set(confirmed) <= search_ids
+    ranked = sorted(roles["search"], key=lambda r: -r.data.metrics["val_acc"])  # the study's metric, max
+    assert set(confirmed) <= {r.data.tags["mmstudy.trial_id"] for r in ranked
+                              if r.data.metrics["val_acc"] >= ranked[1].data.metrics["val_acc"]}
+    baseline = roles["baseline"][0]
+    assert baseline.data.params["balancer.name"] == "none" and baseline.data.params["seeds"] == "[0, 1, 2]"
+    assert {f"best_test_acc/seed_{s}" for s in (0, 1, 2)} <= set(baseline.data.metrics)
+    assert baseline.data.tags["mmstudy.status"] == "finished" and baseline.info.status == "FINISHED"
+    for run in roles["confirm"]:
+        assert run.data.params["seeds"] == "[7]" and run.data.tags["mmstudy.status"] == "finished"
+        point = json.loads(run.data.tags["mmstudy.point"])
+        twin = next(r for r in roles["search"] if r.data.tags["mmstudy.trial_id"] == run.data.tags["mmstudy.confirms"])
+        assert point == json.loads(twin.data.tags["mmstudy.point"])
+    for run in roles["search"]:
         tags, params = run.data.tags, run.data.params
-        assert tags["mmstudy.status"] in ("finished", "pruned")
+        assert tags["mmstudy.status"] in ("finished", "pruned") and run.info.run_name.startswith("search-search-")
         assert params["balancer.name"] == "redreg" and params["seeds"] == "[0, 1]"
         assert 0 < float(params["balancer.tau_min"]) < float(params["balancer.tau_max"]) < 1
         history = client.get_metric_history(run.info.run_id, "val_acc")
@@ -57,23 +88,36 @@ def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local)
         assert steps == sorted(set(steps)) and steps[0] == 1
         assert "gate_open_frac" in run.data.metrics and "rlc_audio" in run.data.metrics
         assert "best_test_acc" in run.data.metrics and "best_test_acc_std" in run.data.metrics
+        assert {"best_test_acc/seed_0", "best_test_acc/seed_1"} <= set(run.data.metrics)
+        assert not {"should_checkpoint", "diverged", "num_seeds", "done"} & set(run.data.metrics)
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["trial_config.yaml"]
         if tags["mmstudy.status"] == "pruned":
             assert run.info.status == "KILLED" and len(steps) < 3
         else:
             assert run.info.status == "FINISHED" and len(steps) == 3
     rows = list_studies(str(tmp_path / "runs"))
-    assert rows[0]["name"] == "search" and rows[0]["trials"] == 4 and rows[0]["status"] == "finished"
+    assert rows[0]["name"] == "search" and rows[0]["trials"] == 7 and rows[0]["status"] == "finished"
+    # a resume of the finished study adds no second baseline or confirmation
+    again = resume_study(cfg.study_dir())
+    assert len(again.results) == 7
+    _, runs = children(client, cfg.study_dir())
+    assert {k: len(v) for k, v in by_role(runs).items()} == {"search": 4, "baseline": 1, "confirm": 2}
 
 
 def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local):
+    """... and keeps its snapshot: the search-space file edited after the study changes neither a resume
+    nor the report (from the folder or from the experiment name)."""
     space = {"balancer": "redreg", "params": {"gamma": {"low": 0, "high": 2, "grid": [0.0, 1.0]},
                                               "beta": {"low": 0.1, "high": 2, "grid": [0.5, 1.5]}}}
-    raw = study_raw(tmp_path, "sens", mode="sensitivity", search_space=space,
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(json.dumps(space))
+    raw = study_raw(tmp_path, "sens", mode="sensitivity", search_space=str(space_file),
                     loss_settings=["multimodal", "multimodal+unimodal"], trial=dict(TINY_TRIAL, epochs=1))
     cfg = load_study_config(None, raw=raw)
-    run_study(cfg, verbose=0)
+    run_study(cfg)
     client = MlflowClient(cfg.resolved_tracking_uri())
     _, runs = children(client, cfg.study_dir())
+    assert {r.data.tags["mmstudy.role"] for r in runs} == {"sensitivity"}
     got = sorted((r.data.tags["mmstudy.sweep_param"], float(r.data.tags["mmstudy.sweep_value"]),
                   r.data.params["loss_setting"], float(r.data.params["balancer.gamma"]),
                   float(r.data.params["balancer.beta"])) for r in runs)
@@ -86,12 +130,20 @@ def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local
     from analysis.report import build_report
     from search_spaces import load_space
 
-    curves, kind = sensitivity_curves(load_study(str(cfg.study_dir())), load_space(space))
-    assert kind == "exact" and set(curves) == {"balancer.gamma", "balancer.beta"}
-    assert set(curves["balancer.gamma"]) == {"multimodal", "multimodal+unimodal"}
-    assert list(curves["balancer.gamma"]["multimodal"]["x"]) == [0.0, 1.0]
+    before = load_study(str(cfg.study_dir())).attrs["config"]
+    space_file.write_text(json.dumps({"balancer": "redreg", "params": {"gamma": {"low": 0, "high": 9, "grid": [5.0]}}}))
+    assert len(resume_study(cfg.study_dir()).results) == 8
+    assert len(children(client, cfg.study_dir())[1]) == 8  # no trial of the edited grid
+    for study in (str(cfg.study_dir()), "mmstudy/sens"):
+        trials = load_study(study, cfg.resolved_tracking_uri())
+        assert trials.attrs["config"] == before and len(trials) == 8
+        curves, kind = sensitivity_curves(trials, load_space(trials.attrs["config"]["search_space"]))
+        assert kind == "exact" and set(curves) == {"balancer.gamma", "balancer.beta"}
+        assert set(curves["balancer.gamma"]) == {"multimodal", "multimodal+unimodal"}
+        assert list(curves["balancer.gamma"]["multimodal"]["x"]) == [0.0, 1.0]
     out = build_report(str(cfg.study_dir()), str(tmp_path / "report"), command="mmstudy report sens")
     assert "sensitivity.png" in out["files"] and "importance.png" not in out["files"]
+    assert "high: 2" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_bad_study_config_creates_nothing(tmp_path):
@@ -133,8 +185,12 @@ def _trial_dirs(tune_dir: Path) -> str:
 
 
 def test_resume_after_the_driver_is_killed(tmp_path):
+    """5 search trials, the baseline and 2 confirmations: after a SIGKILL and a resume every trial ran once,
+    exactly one baseline and one confirmation per top configuration exist, and the Optuna study in the study
+    folder holds each search trial once (none left RUNNING)."""
     raw = study_raw(tmp_path, "killed", num_samples=5, max_concurrent=1, scheduler="none",
-                    trial=dict(TINY_TRIAL, epochs=3, dataset=dict(TINY_TRIAL["dataset"], n_train=192)))
+                    trial=dict(TINY_TRIAL, epochs=3, dataset=dict(TINY_TRIAL["dataset"], n_train=192)),
+                    baseline={"enabled": True}, confirm={"top_k": 2, "seeds": [7]})
     config = tmp_path / "killed.yaml"
     config.write_text(json.dumps(raw))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -154,23 +210,34 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     except ProcessLookupError:
         pass
     before, at_kill = _finished_trials(tune_dir, 3), _trial_dirs(tune_dir)
-    assert 2 <= len(before) < 5
+    assert 2 <= len(before) < 8
     resume = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(tmp_path / "runs" / "killed"),
                              "--verbose", "0"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
     assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
     after = _finished_trials(tune_dir, 3)
-    assert len(after) == 5, (f"{len(before)} finished before the kill, {len(after)} after the resume\n"
+    assert len(after) == 8, (f"{len(before)} finished before the kill, {len(after)} after the resume\n"
                              f"at the kill:\n{at_kill}\nafter:\n{_trial_dirs(tune_dir)}\n"
                              f"resume printed:\n{resume.stdout[-3000:]}{resume.stderr[-3000:]}")
     for trial, lines in before.items():
         assert after[trial] == lines, f"{trial} was re-run"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     _, runs = children(client, tmp_path / "runs" / "killed")
-    assert len(runs) == 5 and len({r.data.tags["mmstudy.trial_id"] for r in runs}) == 5
+    assert len(runs) == 8 and len({r.data.tags["mmstudy.trial_id"] for r in runs}) == 8
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert steps == [1, 2, 3], steps
         assert run.info.status == "FINISHED"
+    roles = by_role(runs)
+    assert {k: len(v) for k, v in roles.items()} == {"search": 5, "baseline": 1, "confirm": 2}
+    assert json.loads(roles["baseline"][0].data.tags["mmstudy.seeds"]) == [7, 8, 9]
+    confirmed = {r.data.tags["mmstudy.confirms"] for r in roles["confirm"]}
+    assert len(confirmed) == 2 and confirmed <= {r.data.tags["mmstudy.trial_id"] for r in roles["search"]}
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "runs" / "killed" / "optuna.journal")))
+    states = [t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials]
+    assert states.count("COMPLETE") == 5 and "RUNNING" not in states, states
 
 
 def test_debug_from_run_reproduces_a_trials_exact_config(tmp_path, ray_local):
@@ -179,7 +246,7 @@ def test_debug_from_run_reproduces_a_trials_exact_config(tmp_path, ray_local):
 
     cfg = load_study_config(None, raw=study_raw(tmp_path, "fromrun", num_samples=2, scheduler="none", seeds=[0],
                                                 trial=dict(TINY_TRIAL, epochs=1)))
-    run_study(cfg, verbose=0)
+    run_study(cfg)
     client = MlflowClient(cfg.resolved_tracking_uri())
     _, runs = children(client, cfg.study_dir())
     run = runs[0]
@@ -194,28 +261,35 @@ def test_debug_from_run_reproduces_a_trials_exact_config(tmp_path, ray_local):
     assert abs(payload["history"][0]["val_acc"] - run.data.metrics["val_acc"]) <= 1 / 48 + 1e-9
 
 
+def _records(tmp_path, name):
+    """A study's records (folder, snapshot, parent run) without running it."""
+    from study import records
+
+    return records.start(load_study_config(None, raw=study_raw(tmp_path, name)))
+
+
 def test_runs_of_trials_tune_never_recorded_are_removed(tmp_path):
     """The race behind a duplicate after SIGKILL: a child run created for a trial that Tune had not yet
     persisted. At the end of a (resumed) study such runs are closed as orphaned and deleted."""
-    from study.tracking import MlflowStudyCallback, ensure_experiment
+    from study.search import trial_spec
+    from study.tracking import TrialWriter
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = ensure_experiment(client, "mmstudy/orphans")
-    parent = client.create_run(exp).info.run_id
-    callback = MlflowStudyCallback(uri, exp, parent, "orphans", TINY_TRIAL, [0], 3)
-    kept = callback.run_for("kept_1", {})
-    lost = callback.run_for("lost_2", {})
-    assert callback.remove_orphans({"kept_1"}) == 1
-    active = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    study = _records(tmp_path, "orphans")
+    writer = TrialWriter(study)
+    kept = writer.run_for("kept_1", trial_spec({}, "search", [0]))
+    lost = writer.run_for("lost_2", trial_spec({}, "search", [0]))
+    assert writer.remove_orphans({"kept_1"}) == 1
+    client = MlflowClient(study.info["tracking_uri"])
+    _, active = children(client, study.dir)
     assert [r.info.run_id for r in active] == [kept]
     gone = client.get_run(lost)
     assert gone.info.lifecycle_stage == "deleted" and gone.data.tags["mmstudy.status"] == "orphaned"
 
 
 def test_only_a_new_local_sqlite_store_is_created_while_ray_starts(tmp_path):
-    """Everything else is checked before Ray starts, so an unreachable server stays a one-line error."""
-    from study.runner import new_sqlite_store
+    """Everything else is checked before Ray starts, so an unreachable server stays a one-line error; a new
+    SQLite store is created with the study's records, after Ray has started and a trial was shown to fit."""
+    from study.records import new_sqlite_store
 
     assert new_sqlite_store(f"sqlite:///{tmp_path}/mlflow.db")
     (tmp_path / "old.db").write_bytes(b"")
@@ -231,21 +305,20 @@ def test_mlflow_writes_leave_tunes_loop_and_land_in_order(tmp_path):
     in less than one write, and when the experiment ends every write is there, in order, the run closed."""
     from types import SimpleNamespace
 
-    from study.tracking import MlflowStudyCallback, ensure_experiment
+    from study.search import trial_spec
+    from study.tracking import TrialTracker, TrialWriter
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = ensure_experiment(client, "mmstudy/queued")
-    parent = client.create_run(exp).info.run_id
-    callback = MlflowStudyCallback(uri, exp, parent, "queued", TINY_TRIAL, [0], 3)
-    real_log_batch = callback.client.log_batch
+    study = _records(tmp_path, "queued")
+    callback = TrialTracker(study)
+    callback.writer = TrialWriter(study)
+    real_log_batch = callback.writer.client.log_batch
 
     def slow_log_batch(*args, **kwargs):  # a tracking server far away
         time.sleep(0.5)
         return real_log_batch(*args, **kwargs)
 
-    callback.client.log_batch = slow_log_batch
-    trial = SimpleNamespace(trial_id="t_1", config={}, last_result=None, error_file=None)
+    callback.writer.client.log_batch = slow_log_batch
+    trial = SimpleNamespace(trial_id="t_1", config=trial_spec({}, "search", [0]), last_result=None, error_file=None)
     start = time.perf_counter()
     callback.on_trial_start(0, [trial], trial)
     for epoch in (1, 2, 3):
@@ -255,7 +328,8 @@ def test_mlflow_writes_leave_tunes_loop_and_land_in_order(tmp_path):
     callback.on_trial_complete(0, [trial], trial)
     assert time.perf_counter() - start < 0.5
     callback.on_experiment_end([trial])
-    run = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")[0]
+    client = MlflowClient(study.info["tracking_uri"])
+    run = children(client, study.dir)[1][0]
     history = client.get_metric_history(run.info.run_id, "val_acc")
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
     assert run.info.status == "FINISHED" and run.data.tags["mmstudy.status"] == "finished"
@@ -287,7 +361,7 @@ def test_gpu_fractions_decide_how_many_trials_share_a_gpu(tmp_path, ray_local, g
     raw = study_raw(tmp_path, f"gpu{gpu}", trial=trial, mode="compare", variants={v: {} for v in "abcd"}, search_space=None,
                     max_concurrent=4, resources={"cpu": 0.5, "gpu": gpu})
     cfg = load_study_config(None, raw=raw)
-    results = run_study(cfg, verbose=0)
+    results = run_study(cfg).results
     assert len(results) == 4 and not results.errors
     rows = [json.loads(p.read_text()) for p in folder.glob("*.json")]
     assert len(rows) == 4 * 2
@@ -315,7 +389,7 @@ def test_a_trial_no_node_can_hold_is_a_one_line_error_before_anything_is_written
 
 
 def test_a_store_that_already_holds_runs_is_never_discarded(tmp_path):
-    from study.runner import discard_store
+    from study.records import discard_store
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
