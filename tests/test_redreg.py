@@ -95,6 +95,7 @@ def test_code_variant_helpers():
     assert modality_dropout_prob(0, 10, 0.6, 0.1, 0.3) == pytest.approx(0.6)
     assert modality_dropout_prob(3, 10, 0.6, 0.1, 0.3) == pytest.approx(0.1)
     assert modality_dropout_prob(9, 10, 0.6, 0.1, 0.3) == pytest.approx(0.1)
+    assert modality_dropout_prob(1, 6, 0.6, 0.1, 0.3) == pytest.approx(0.1)  # the code's ramp: int(0.3 * 6) = 1 epoch
 
 
 def _trainer(balancer, **extra):

@@ -18,18 +18,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables.balancers.base import Balancer, State, StepAverager
+# Eq. 14 (p_m), Eq. 16 (S) and Eq. 20 (red_m) live in metrics.py: the dynamics traces use them too.
+from trainables.metrics import growth_rate, redundancy_score, true_class_prob
+from trainables.models.encoders import FramesEncoder
 
 # ----------------------------------------------------------------------------- pure functions
-
-
-def true_class_prob(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Eq. 14: p_m = mean_i softmax(f_m(z_m,i))[y_i]."""
-    return float(F.softmax(logits.detach().float(), dim=1).gather(1, labels[:, None]).mean())
-
-
-def growth_rate(p_now: float, p_prev: float, eps: float = 1e-8) -> float:
-    """Eq. 16: S = (pbar_t - pbar_{t-1}) / (|pbar_{t-1}| + eps)."""
-    return (p_now - p_prev) / (abs(p_prev) + eps)
 
 
 def sliding_means(history: list[float], window: int) -> tuple[float, float] | None:
@@ -37,13 +30,6 @@ def sliding_means(history: list[float], window: int) -> tuple[float, float] | No
     if len(history) < 2:
         return None
     return sum(history[-window:]) / len(history[-window:]), sum(history[-window - 1:-1]) / len(history[-window - 1:-1])
-
-
-def redundancy_score(z1: torch.Tensor, z2: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, eps: float = 1e-8,
-                     reduce: str = "sum") -> torch.Tensor:
-    """Eq. 20: ||Z1 - Z2||^2 / (||x1 - x2||^2 + eps); `reduce='mean'` is the authors' code (means, not sums)."""
-    agg = torch.sum if reduce == "sum" else torch.mean
-    return agg((z1 - z2).float() ** 2) / (agg((x1 - x2).float() ** 2) + eps)
 
 
 def redundancy_monitor(red: float, growth: float, gamma: float) -> float:
@@ -94,8 +80,9 @@ def adaptive_beta(beta: float, p_dominant: float, p_weak: float) -> float:
 
 
 def modality_dropout_prob(epoch: int, num_epochs: int, start: float, end: float, frac: float) -> float:
-    """The authors' code (not in the paper): p falls linearly from `start` to `end` over the first `frac`."""
-    ramp = max(frac * num_epochs, 1e-8)
+    """The authors' code (not in the paper): p falls linearly from `start` to `end` over the first
+    max(1, int(frac * num_epochs)) epochs."""
+    ramp = max(1, int(frac * num_epochs))
     return start + (end - start) * min(epoch / ramp, 1.0)
 
 
@@ -104,7 +91,8 @@ def modality_dropout_prob(epoch: int, num_epochs: int, start: float, end: float,
 CODE_VARIANT = {
     "gamma": 0.6, "growth_warmup": "one", "rs_features": "feature_map", "rs_reduce": "mean",
     "rs_normalise": "ema", "beta_mode": "adaptive", "tau_schedule": "epoch", "gate_compare": "gt",
-    "anchor": "epoch_copy", "projection": "tensor", "modality_dropout": True,
+    "anchor": "epoch_copy", "projection": "tensor", "modality_dropout": True, "warmup_steps": 0, "eps": 1e-12,
+    "growth_history": "epoch", "rs_clamp_frames": True,
 }
 
 
@@ -136,6 +124,9 @@ class RedRegParams(BaseModel):
     rs_reduce: Literal["sum", "mean"] = "sum"
     rs_normalise: Literal["none", "ema"] = "none"
     rs_ema_momentum: float = Field(0.9, ge=0, lt=1)
+    rs_clamp_frames: bool = Field(False, description="the code clamps noisy frames to [0, 1] (after normalisation)")
+    growth_history: Literal["run", "epoch"] = Field("run", description="'epoch': the code restarts the p history "
+                                                                       "(and the red_m EMA) every epoch")
     rs_eval_mode: bool = Field(True, description="encoders in eval mode for the noisy passes (no BN side effects)")
     modality_dropout: bool = False
     dropout_start: float = Field(0.6, ge=0, le=1)
@@ -174,6 +165,7 @@ class RedReg(Balancer):
         self.p_history: dict[str, deque] = {m: deque(maxlen=params.window + 1) for m in modalities}
         self.rs_ema: dict[str, float] = {}
         self.last_red: dict[str, float] = {}
+        self.clean_inputs: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, list[torch.Tensor]] = {}
         self.avg = StepAverager()
         self.dominant_counts = {m: 0 for m in modalities}
@@ -192,6 +184,10 @@ class RedReg(Balancer):
     def on_epoch_start(self, state: State) -> None:
         if self.p.anchor == "epoch_copy":
             self._copy_anchor(state)
+        if self.p.growth_history == "epoch":
+            for h in self.p_history.values():
+                h.clear()
+            self.rs_ema.clear()
 
     def after_step(self, state: State) -> None:
         if self.p.anchor == "ema":
@@ -207,22 +203,27 @@ class RedReg(Balancer):
             return
         prob = modality_dropout_prob(state.epoch, state.num_epochs, self.p.dropout_start, self.p.dropout_end,
                                      self.p.dropout_frac)
-        if float(torch.rand(())) < prob:
-            m = self.modalities[int(torch.randint(len(self.modalities), ()))]
+        self.clean_inputs = dict(state.inputs)  # the monitor measures the real inputs, as the code does
+        u = self.rand()  # one draw, as the code: modality i is dropped when i * p/n <= u < (i + 1) * p/n
+        if u < prob:
+            m = self.modalities[min(int(u / prob * len(self.modalities)), len(self.modalities) - 1)]
             state.inputs[m] = torch.zeros_like(state.inputs[m])
 
     # the monitor -----------------------------------------------------------
     @torch.no_grad()
     def redundancy(self, state: State, m: str) -> float:
-        x = state.inputs[m]
+        """red_m (Eq. 20) on the step's inputs before any modality dropout; raw, not EMA-normalised."""
+        x = self.clean_inputs[m] if self.p.modality_dropout else state.inputs[m]
         if self.p.monitor_samples and self.p.monitor_samples < len(x):
             x = x[: self.p.monitor_samples]
         enc = state.model.encoder(m)
         was_training = enc.training
         if self.p.rs_eval_mode:
             enc.eval()
-        x1 = x + self.p.sigma * torch.randn_like(x)
-        x2 = x + self.p.sigma * torch.randn_like(x)
+        x1 = x + self.p.sigma * self.randn(x)
+        x2 = x + self.p.sigma * self.randn(x)
+        if self.p.rs_clamp_frames and isinstance(enc, FramesEncoder):
+            x1, x2 = x1.clamp(0.0, 1.0), x2.clamp(0.0, 1.0)
         view = enc.feature_map if self.p.rs_features == "feature_map" else enc
         if self.p.rs_eval_mode:  # eval mode: each sample's features ignore the rest of the batch, so one 2B pass
             z1, z2 = view(torch.cat([x1, x2])).chunk(2)
@@ -230,12 +231,22 @@ class RedReg(Balancer):
             z1, z2 = view(x1), view(x2)
         red = float(redundancy_score(z1, z2, x1, x2, self.p.eps, self.p.rs_reduce))
         enc.train(was_training)
-        if self.p.rs_normalise == "ema":
-            ema = self.rs_ema.get(m, red)
-            ema = self.p.rs_ema_momentum * ema + (1 - self.p.rs_ema_momentum) * red
-            self.rs_ema[m] = ema
-            red = red / (ema + self.p.eps)
         return red
+
+    def monitored_redundancy(self, state: State, dom: str) -> float:
+        """The dominant modality's red_m, measured every `monitor_every` steps (reused in between). With
+        `rs_normalise: ema` (the code) every modality is measured, each EMA (momentum `rs_ema_momentum`,
+        starting from 0) updated, and red_m divided by its EMA."""
+        if dom in self.last_red and state.step % self.p.monitor_every != 0:
+            return self.last_red[dom]
+        for m in (self.modalities if self.p.rs_normalise == "ema" else [dom]):
+            red = self.redundancy(state, m)
+            if self.p.rs_normalise == "ema":
+                mom = self.p.rs_ema_momentum
+                self.rs_ema[m] = mom * self.rs_ema.get(m, 0.0) + (1 - mom) * red
+                red = red / (self.rs_ema[m] + self.p.eps)
+            self.last_red[m] = red
+        return self.last_red[dom]
 
     def growth(self, m: str) -> float:
         hist = list(self.p_history[m])
@@ -260,9 +271,7 @@ class RedReg(Balancer):
         self.dominant_counts[dom] += 1
         growth = {m: self.growth(m) for m in self.modalities}
         if self.p.monitor == "on":
-            if dom not in self.last_red or state.step % self.p.monitor_every == 0:
-                self.last_red[dom] = self.redundancy(state, dom)
-            r = redundancy_monitor(self.last_red[dom], growth[dom], self.p.gamma)
+            r = redundancy_monitor(self.monitored_redundancy(state, dom), growth[dom], self.p.gamma)
         else:
             r = math.inf
         a, v = self.modalities
