@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 
-def train(ref, threshold: float, window: int, coef: dict[str, float], k_from_first: bool = False):
+def train(ref, threshold: float, window: int, coef: dict[str, float], k_from_first: bool = False, log=None):
     a, v = ref.modalities
     traces = {m: [0.0] * window for m in ref.modalities}
     for epoch in range(ref.num_epochs):
@@ -56,5 +56,7 @@ def train(ref, threshold: float, window: int, coef: dict[str, float], k_from_fir
             ref.optimizer.step()
         for m in ref.modalities:
             traces[m].append(sum(float(acc.mean()) for acc in fim[m]))
+        if log is not None:
+            log.append({"k": ks, "trace": {m: traces[m][-1] for m in ref.modalities}})
         ref.scheduler.step()
         yield
