@@ -45,6 +45,7 @@ def resume_study(study_dir: str | Path, verbose: int = 0, out=None) -> Outcome:
     if not study.tune_dir.exists() or not tune().Tuner.can_restore(str(study.tune_dir)):
         raise ConfigError(f"study: '{study.dir}' has no restorable Tune experiment (was it started?)")
     records.connect(study.info["tracking_uri"])
+    quiet_tune(verbose)
     with ray_session(cfg.ray_address, cfg.resources):
         print_links(study, out)
         tuner = tune().Tuner.restore(str(study.tune_dir), trainable=trainable_for(cfg), resume_unfinished=True,
@@ -116,14 +117,23 @@ def run_config(study: records.Study, searcher, verbose: int, out=None):
                            short_names=short_names(list(cfg.space().params)), out=out or sys.stdout,
                            epochs=cfg.trial_config().epochs)
     callbacks = [TrialTracker(study)] + ([console] if verbose == 0 else [])
-    if verbose == 0:  # the compact view alone: Tune's legacy reporter at verbosity 0 prints nothing
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    # Tune snapshots its state whenever a trial has checkpointed num_to_keep times; that is wanted, not a warning
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    quiet_tune(verbose)
     return tune().RunConfig(name=records.TUNE_DIR, storage_path=str(study.dir), callbacks=callbacks,
                             failure_config=tune().FailureConfig(max_failures=cfg.max_failures),
                             checkpoint_config=tune().CheckpointConfig(num_to_keep=2, **keep_best),
                             verbose=verbose)
+
+
+def quiet_tune(verbose: int) -> None:
+    """At verbosity 0 the compact view is all: Tune's legacy reporter at 0 prints nothing (its new one still
+    prints a banner), and its INFO lines go. Tune snapshots its state whenever a trial has checkpointed
+    num_to_keep times; that is wanted, not a warning."""
+    import logging
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if verbose == 0:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
 def print_links(study: records.Study, out=None) -> None:
