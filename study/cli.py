@@ -9,25 +9,20 @@ from trainables.errors import ConfigError
 
 
 def _debug(args: argparse.Namespace) -> int:
-    from study.debug import run_debug
+    from study.debug import apply_flags, run_debug, run_from_run
 
-    raw: dict = {}
-    if args.from_run:
-        from study.tracking import trial_config_from_run
-
-        raw = trial_config_from_run(args.from_run, args.tracking_uri)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads: must be at least 1 (got {args.threads})")
     flags = {"balancer": args.balancer, "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed,
              "device": args.device}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key in ("balancer", "dataset"):
-            if raw.get(key, {}).get("name") != value:
-                raw[key] = {"name": value}
-        else:
-            raw[key] = value
-    cfg = build_trial_config(raw, args.overrides)
-    run_debug(cfg, args.out)
+    if args.from_run:
+        run_from_run(args.from_run, args.tracking_uri, flags, args.overrides, args.threads, args.out)
+        return 0
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_debug(build_trial_config(apply_flags({}, flags), args.overrides), args.out)
     return 0
 
 
@@ -75,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="directory for metrics.json")
     d.add_argument("--from-run", help="MLflow run id of a trial: re-run its exact resolved config")
     d.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own)")
+    d.add_argument("--threads", type=int, help="torch CPU threads (default: with --from-run the trial's own "
+                                               "count, so a CPU trial's numbers are reproduced exactly)")
     d.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 model.fusion=film")
     d.set_defaults(func=_debug)
 

@@ -8,8 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainables.config import TrialConfig
+from trainables.config import TrialConfig, build_trial_config, flatten
 from trainables.trainer import Trainer
+
+# Per-epoch values that are not results: wall time, and what the trial reported once about itself.
+NOT_COMPARED = {"epoch", "epoch_time_s", "num_seeds", "diverged"}
 
 
 def format_row(record: dict[str, Any], modalities: list[str]) -> str:
@@ -39,36 +42,164 @@ def _jsonable(value: Any) -> Any:
 
 
 def run_debug(cfg: TrialConfig, out_dir: str | None, progress: bool = True) -> dict[str, Any]:
-    trainer = Trainer(cfg)  # builds data, model and balancer: every config error surfaces before any file
-    mods = trainer.modalities
+    from trainables.tune_trainable import build_trainers
+
+    # builds data, model and balancer: every config error surfaces before any file
+    return train_and_print(build_trainers([cfg]), [cfg.seed], out_dir, progress)
+
+
+def train_and_print(trainers: list[Trainer], seeds: list[int], out_dir: str | None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Train the seeds of one trial in lockstep, as its Tune trial does, and print one row per epoch (the
+    mean over seeds when there are several). Returns the result written to DIR/metrics.json."""
+    from trainables.tune_trainable import lockstep_epoch
+
+    first, cfg = trainers[0], trainers[0].cfg
+    mods = first.modalities
     out = Path(out_dir) if out_dir else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    print(f"device={trainer.device} dataset={cfg.dataset.name} balancer={cfg.balancer.name} "
-          f"fusion={cfg.model.fusion} loss={cfg.loss_setting} selection={cfg.selection}", flush=True)
+    seeds_note = f" seeds={seeds} (rows: mean over seeds)" if len(seeds) > 1 else ""
+    print(f"device={first.device} dataset={cfg.dataset.name} balancer={cfg.balancer.name} "
+          f"fusion={cfg.model.fusion} loss={cfg.loss_setting} selection={cfg.selection}{seeds_note}", flush=True)
     print(header(mods), flush=True)
     bar = None
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs * trainer.state.steps_per_epoch, desc="train", leave=False, file=sys.stderr)
+        bar = tqdm(total=cfg.epochs * first.state.steps_per_epoch * len(trainers), desc="train", leave=False,
+                   file=sys.stderr)
+    rows: list[dict[str, Any]] = []
 
-    def on_epoch(record: dict[str, Any], t: Trainer) -> None:
+    def result() -> dict[str, Any]:
+        if len(trainers) == 1:
+            return first.result()
+        config = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
+        return {"config": config, "seeds": seeds, "history": rows,
+                "best": {k[5:]: v for k, v in rows[-1].items() if k.startswith("best_") and "/" not in k},
+                "per_seed": [t.result() for t in trainers]}
+
+    while first.epoch < cfg.epochs:
+        summary = lockstep_epoch(trainers, seeds)
+        row = first.history[-1] if len(trainers) == 1 else {**summary, "epoch": first.epoch}
+        rows.append(row)
         if bar is not None:
-            bar.update(t.state.steps_per_epoch)
+            bar.update(first.state.steps_per_epoch * len(trainers))
             bar.clear()
-        print(format_row(record, mods), flush=True)
+        print(format_row(row, mods), flush=True)
         if out is not None:
-            write_json_atomic(out / "metrics.json", t.result())
-
-    result = trainer.fit(on_epoch)
+            write_json_atomic(out / "metrics.json", result())
     if bar is not None:
         bar.close()
-    best = result["best"]
-    print(f"best epoch {best['epoch']} (selected on {best['selection']}): val_acc={best['val_acc']:.4f} "
+    final = result()
+    best = final["best"]
+    print(f"best epoch {best['epoch']:g} (selected on {cfg.selection}): val_acc={best['val_acc']:.4f} "
           f"test_acc={best['test_acc']:.4f} test_f1={best['test_f1']:.4f} "
           + " ".join(f"test_acc_{m}={best[f'test_acc_{m}']:.4f}" for m in mods), flush=True)
     if out is not None:
-        write_json_atomic(out / "metrics.json", result)
+        write_json_atomic(out / "metrics.json", final)
         print(f"wrote {out / 'metrics.json'}")
+    return final
+
+
+# ------------------------------------------------------------------ --from-run
+def run_from_run(run_id: str, tracking_uri: str | None, flags: dict[str, Any], overrides: list[str],
+                 threads: int | None, out_dir: str | None) -> dict[str, Any]:
+    """Re-run an MLflow trial run as its trial ran: its config and seeds (in lockstep), its torch thread
+    count and device type applied before anything is built; say whether the numbers can match exactly,
+    then compare them with the run's per-epoch MLflow history."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from study.tracking import trial_config_from_run
+    from trainables import provenance
+    from trainables.tune_trainable import build_trainers
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    raw = trial_config_from_run(run_id, uri)
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    tags = run.data.tags
+    trial_config = {k: v for k, v in raw.items() if k != "seed"}
+    seeds = json.loads(tags.get("mmstudy.seeds", "[0]"))
+    recorded = json.loads(tags["mmstudy.provenance"]) if "mmstudy.provenance" in tags else None
+    trial_id = tags.get("mmstudy.trial_id", run_id)
+
+    settings = provenance.applied_settings(recorded, threads, torch.cuda.is_available())
+    if "device" in settings and flags.get("device") is None:
+        raw["device"] = settings["device"]
+    raw = apply_flags(raw, flags)
+    if flags.get("seed") is not None:
+        seeds = [flags["seed"]]
+    configs = [build_trial_config(raw, [*overrides, f"seed={s}"]) for s in seeds]
+    resolved = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
+    changed = sorted(k for k, v in flatten(resolved).items() if flatten(trial_config).get(k) != v
+                     and not (k == "device" and v == settings.get("device")))
+    before = torch.get_num_threads()
+    if "threads" in settings:
+        torch.set_num_threads(settings["threads"])  # before anything is built: the trial's reduction order
+    try:
+        trainers = build_trainers(configs)
+        here = provenance.collect(trainers[0], seeds)
+        _, line = provenance.verdict(trial_id, recorded, here, changed)
+        print(line, flush=True)
+        result = train_and_print(trainers, seeds, out_dir, progress=True)
+    finally:
+        torch.set_num_threads(before)  # an in-process caller (a notebook, a test) keeps its own setting
+    rows = result["history"]
+    gap = largest_difference(MlflowClient(tracking_uri=uri), run_id, rows)
+    print(gap["line"], flush=True)
+    result["comparison"] = {"trial_id": trial_id, "run_id": run_id, "provenance_line": line,
+                            "provenance_here": here, "provenance_trial": recorded, **gap}
+    if out_dir is not None:
+        write_json_atomic(Path(out_dir) / "metrics.json", result)
     return result
+
+
+def apply_flags(raw: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """`--balancer/--dataset/--epochs/--seed/--device` on top of a config (a new plug-in name drops the old
+    plug-in's params)."""
+    raw = dict(raw)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in ("balancer", "dataset"):
+            if raw.get(key, {}).get("name") != value:
+                raw[key] = {"name": value}
+        else:
+            raw[key] = value
+    return raw
+
+
+def largest_difference(client, run_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every per-epoch metric this run and the trial's MLflow history both have, epoch by epoch (step =
+    epoch): the largest absolute difference, and the largest in val_acc."""
+    logged = client.get_run(run_id).data.metrics
+    keys = sorted(k for k in rows[0] if k in logged and k not in NOT_COMPARED
+                  and isinstance(rows[0][k], (int, float)) and not k.startswith("best_"))
+    worst = (0.0, None, None)
+    val_acc = 0.0
+    epochs: set[int] = set()
+    for key in keys:
+        history = {int(m.step): m.value for m in client.get_metric_history(run_id, key)}
+        for row in rows:
+            epoch = int(row["epoch"])
+            if epoch not in history:
+                continue
+            epochs.add(epoch)
+            diff = abs(float(row[key]) - history[epoch])
+            if diff != diff:  # NaN on one side only
+                diff = float("inf")
+            if key == "val_acc":
+                val_acc = max(val_acc, diff)
+            if diff > worst[0]:
+                worst = (diff, key, epoch)
+    if not epochs:
+        line = f"no per-epoch history on MLflow run {run_id} to compare with"
+    elif worst[1] is None:
+        line = (f"matches the trial's MLflow history exactly: {len(keys)} metrics x {len(epochs)} epochs, "
+                "largest difference 0")
+    else:
+        line = (f"largest difference from the trial's MLflow history ({len(keys)} metrics x {len(epochs)} "
+                f"epochs): {worst[0]:.6g} in {worst[1]} at epoch {worst[2]}; val_acc: {val_acc:.6g}")
+    return {"line": line, "max_abs_diff": worst[0], "max_diff_metric": worst[1], "max_diff_epoch": worst[2],
+            "val_acc_max_abs_diff": val_acc, "compared_metrics": keys, "compared_epochs": sorted(epochs)}

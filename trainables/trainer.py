@@ -24,6 +24,7 @@ from trainables.data.on_device import device_data
 from trainables.data.registry import build_dataset
 from trainables.dynamics import DynamicsTracker
 from trainables.metrics import accuracy, macro_f1
+from trainables.rng import rng_state, set_rng_state
 from trainables.models import build_model
 from trainables.precision import Precision
 
@@ -244,7 +245,7 @@ class Trainer:
             "model": self.model.state_dict(), "extra": self.extra.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "balancer": self.balancer.state_dict(), "epoch": self.epoch, "step": self.state.step,
-            "history": self.history, "dynamics_prev": self.dynamics.prev, "torch_rng": torch.get_rng_state(),
+            "history": self.history, "dynamics_prev": self.dynamics.prev, "rng": rng_state(),
             "grad_scaler": self.precision.state_dict(),
         }
 
@@ -257,7 +258,10 @@ class Trainer:
         self.epoch, self.state.step, self.history = sd["epoch"], sd["step"], list(sd["history"])
         self.dynamics.prev = dict(sd["dynamics_prev"])
         self.precision.load_state_dict(sd.get("grad_scaler", {}))
-        torch.set_rng_state(sd["torch_rng"])
+        if "rng" in sd:  # torch, NumPy and Python streams (checkpoints before issue 17 hold torch's only)
+            set_rng_state(sd["rng"])
+        else:
+            torch.set_rng_state(sd["torch_rng"].cpu())
 
     def save(self, path: str) -> None:
         torch.save(self.state_dict(), path)

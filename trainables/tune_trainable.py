@@ -15,8 +15,9 @@ from typing import Any
 from ray import tune
 
 from search_spaces import apply_point
-from trainables.config import build_trial_config
+from trainables.config import TrialConfig, build_trial_config
 from trainables.data.base import DatasetBundle
+from trainables.provenance import collect, to_json
 from trainables.trainer import Trainer, TrialDiverged
 
 SPREAD_KEYS = ("val_acc", "test_acc", "val_f1", "test_f1")
@@ -73,17 +74,29 @@ def device_label(device) -> str:
     return f"cuda:{index} {torch.cuda.get_device_name(index)} (Ray GPU ids {ids})"
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
-              data: DatasetBundle | None = None, checkpoint_every: int = 1, metric: str = "val_acc") -> None:
-    seeds = seeds or [0]
-    configs = trial_configs(base or {}, point=trial_point(config), seeds=seeds)
+def build_trainers(configs: list[TrialConfig], data: DatasetBundle | None = None) -> list[Trainer]:
+    """One trainer per seed on one dataset, built before any trainer seeds itself (as under Tune, where the
+    driver builds the data), so `mmstudy debug --from-run` starts from the trial's exact state."""
     if data is not None and data.spec and data.spec != configs[0].to_dict()["dataset"]:
         data = None  # this trial varies the dataset: build it once here, for all its seeds
     if data is None:
         from trainables.data.registry import build_dataset
 
         data = build_dataset(configs[0].dataset.name, configs[0].dataset_params())
-    trainers = [Trainer(cfg, data=data) for cfg in configs]
+    return [Trainer(cfg, data=data) for cfg in configs]
+
+
+def lockstep_epoch(trainers: list[Trainer], seeds: list[int]) -> dict[str, Any]:
+    """One epoch of every seed, in seed order, summarised over seeds. The seeds share torch's global RNG,
+    so this order is part of a multi-seed trial's numbers."""
+    records = [t.train_epoch() for t in trainers]
+    return summarize(records, [t.best() for t in trainers], seeds)
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
+              data: DatasetBundle | None = None, checkpoint_every: int = 1, metric: str = "val_acc") -> None:
+    seeds = seeds or [0]
+    trainers = build_trainers(trial_configs(base or {}, point=trial_point(config), seeds=seeds), data)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -91,16 +104,19 @@ def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds:
                 trainer.load(os.path.join(folder, f"seed_{seed}.pt"))
     epochs = trainers[0].cfg.epochs
     device = device_label(trainers[0].device)
+    # What the numbers depend on beyond the config, once per (re)start: the trial writer keeps it on the run.
+    provenance = to_json(collect(trainers[0], seeds))
     while trainers[0].epoch < epochs:
         try:
-            records = [t.train_epoch() for t in trainers]
+            metrics = lockstep_epoch(trainers, seeds)
         except TrialDiverged as err:
             nan = math.nan  # the study's metric must be present (Tune checks); NaN reads as "failed"
             tune.report({"diverged": 1.0, "status_reason": str(err), "epoch": trainers[0].epoch + 1,
                          "val_acc": nan, "best_val_acc": nan, metric: nan})
             return
-        metrics = summarize(records, [t.best() for t in trainers], seeds)
         metrics.update(diverged=0.0, device=device)
+        if provenance is not None:
+            metrics["provenance"], provenance = provenance, None
         epoch = trainers[0].epoch
         if epoch % checkpoint_every and epoch < epochs:
             tune.report(metrics)
