@@ -16,11 +16,11 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.balancers.base import State
-from trainables.balancers.mm import MultimodalMixup, mix, mixup_targets, sample_lambda
+from trainables.balancers.mm import MultimodalMixup, mix, mixup_targets, permutation, sample_lambda
+from trainables.metrics import true_class_score
 
 
 def imbalance_factor(score_a: float, score_v: float) -> float:
@@ -34,21 +34,24 @@ def mixing_degree(rho: float, alpha: float, mode: str = "tanh_excess") -> float:
 
 
 @torch.no_grad()
-def masked_modality_scores(model, loader, modalities: list[str], device, use_accuracy: bool = False) -> dict[str, float]:
-    """sum_i of the true-class probability (or correctness) of the fused head with all other modalities zeroed."""
+def masked_modality_scores(model, loader, modalities: list[str], to_model_input, device,
+                           use_accuracy: bool = False) -> dict[str, float]:
+    """sum_i of the true-class probability (or correctness) of the fused head with all other modalities zeroed.
+
+    `to_model_input` is the trainer's one input path (`State.model_input`: device, float, normalisation),
+    so rho is measured on exactly the tensors the model trains on."""
     was_training = model.training
     model.eval()
     totals = {m: 0.0 for m in modalities}
     for inputs, labels in loader:
-        labels = labels.to(device)
-        feats = model.encode({m: inputs[m].to(device).float() for m in modalities})
+        feats, labels = model.encode(to_model_input(inputs)), labels.to(device)
         for m in modalities:
             only_m = {k: (v if k == m else torch.zeros_like(v)) for k, v in feats.items()}
             logits = model.fuse(only_m)
             if use_accuracy:
                 totals[m] += float((logits.argmax(1) == labels).sum())
             else:
-                totals[m] += float(F.softmax(logits.float(), 1).gather(1, labels[:, None]).sum())
+                totals[m] += true_class_score(logits, labels)
     model.train(was_training)
     return totals
 
@@ -87,16 +90,16 @@ class BalancedMultimodalMixup(MultimodalMixup):
         if self.delta <= 0 or self.rho == 1.0:
             return
         weak = self.weak_modality()
-        delta = self.delta * (1 - sample_lambda(1.0)) if self.p.random_degree else self.delta
-        perm = torch.randperm(len(state.labels), device=state.labels.device)
+        delta = self.delta * (1 - sample_lambda(1.0, self.rand())) if self.p.random_degree else self.delta
+        perm = permutation(len(state.labels), state.labels.device, self.generator)
         tensors[weak] = mix(tensors[weak], 1 - delta, perm)
         state.targets = mixup_targets(state.labels, 1 - delta, perm)
         state.unimodal_targets = {m: (state.targets if m == weak else [(1.0, state.labels)]) for m in self.modalities}
         self.avg.add(bmm_step_degree=delta)
 
     def on_epoch_end(self, state: State) -> None:
-        scores = masked_modality_scores(state.model, state.train_loader, self.modalities, state.device,
-                                        use_accuracy=self.p.score == "accuracy")
+        scores = masked_modality_scores(state.model, state.train_loader, self.modalities, state.model_input,
+                                        state.device, use_accuracy=self.p.score == "accuracy")
         a, v = self.modalities
         self.rho = imbalance_factor(scores[a], scores[v])
         self.next_delta = mixing_degree(self.rho, self.p.alpha, self.p.degree)

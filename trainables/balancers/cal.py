@@ -7,11 +7,18 @@ noise of low-contribution modalities. Our reading (every constant a field):
 - I(m): Shapley marginal value under zero masking, for two modalities
   0.5 * [(v(m) - v(none)) + (v(both) - v(other))], v = mean log-probability of the true class.
 - D(m): inverse normalised entropy of the unimodal softmax, entropy clamped from below (`entropy_floor`).
-- W^m = softmax_m(T * I~(m) * D~(m)), ~ = normalised over modalities (so W sums to 1).
-- After `warmup_epochs`: encoder-output gradients scaled by (1 + W^m) (identity forward), never below 1.
-- AIB: variational head per modality, z = mu + sigma * eps in training and mu at evaluation;
+- W^m = softmax_m(T * I~(m) * D~(m)), ~ = normalised over modalities (so W sums to 1), computed per step
+  on the features the fused head sees (the AIB samples in training).
+- After `warmup_epochs`: the gradient reaching each encoder output z_m is scaled by (1 + W^m) (identity
+  forward), never below 1. The scaling sits on z_m, before the AIB heads, so everything that reaches the
+  encoder through z_m -- the fused CE through the sample, the KL through mu and log sigma^2, the unimodal
+  CEs -- is accelerated alike; the heads' own gradients are not scaled.
+- AIB: variational head per modality, z' = mu + sigma * eps in training and mu at evaluation;
   loss += sum_m beta0 * (1 - W^m) * KL(N(mu, sigma^2) || N(0, I)).
-The unimodal cross-entropies of the reading come from `loss_setting: multimodal+unimodal`.
+- Total: CE(fused) + gamma_uni * sum_m CE_m + AIB. The unimodal CEs are the trainer's under
+  `loss_setting: multimodal+unimodal` (weight 1, topped up here to gamma_uni); under `multimodal` they are
+  left out, as for every method's non-`*` rows (gamma_uni then has no effect; `cal_uni_weight` records 0).
+Noise (eps) comes from `Balancer.randn` (the balancer's generator).
 """
 from __future__ import annotations
 
@@ -51,20 +58,10 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)).mean()
 
 
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
-def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Identity forward, gradient times `scale` backward."""
-    return _ScaleGrad.apply(x, scale)
+def scale_gradient_of(x: torch.Tensor, scale: float) -> None:
+    """From now on the gradient reaching `x`, summed over all of its uses, is multiplied by `scale`
+    (the forward pass is untouched)."""
+    x.register_hook(lambda grad: grad * scale)
 
 
 class CALParams(BaseModel):
@@ -73,6 +70,8 @@ class CALParams(BaseModel):
     entropy_floor: float = Field(0.3, gt=0, le=1)
     warmup_epochs: int = Field(1, ge=0)
     beta0: float = Field(1e-3, ge=0, description="AIB weight")
+    gamma_uni: float = Field(1.0, ge=0, le=100, description="weight of the unimodal CEs under loss_setting "
+                             "multimodal+unimodal (no effect under multimodal, which leaves them out)")
     aib: bool = True
     acceleration: bool = True
 
@@ -94,6 +93,7 @@ class CAL(Balancer):
         self.heads: VariationalHeads | None = None
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.weights = {m: 1.0 / len(modalities) for m in modalities}
+        self.uni_weight = params.gamma_uni
         self.avg = StepAverager()
 
     def bind_model(self, model: nn.Module) -> None:
@@ -102,17 +102,22 @@ class CAL(Balancer):
     def extra_modules(self) -> nn.Module | None:
         return self.heads
 
+    def on_fit_start(self, state: State) -> None:
+        self.uni_weight = self.p.gamma_uni if state.loss_setting == "multimodal+unimodal" else 0.0
+
     def transform_features(self, feats, training):
-        if not self.p.aib or self.heads is None:
+        """At evaluation z' = mu. In training the heads are applied in `after_encode`, after the
+        acceleration has been attached to the encoder outputs."""
+        if training or not self.p.aib or self.heads is None:
             return feats
+        return {m: self.heads.mu[m](z) for m, z in feats.items()}
+
+    def _sample(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for m, z in feats.items():
             mu, logvar = self.heads.mu[m](z), self.heads.logvar[m](z).clamp(-10, 10)
-            if training:
-                self.stats[m] = (mu, logvar)
-                out[m] = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            else:
-                out[m] = mu
+            self.stats[m] = (mu, logvar)
+            out[m] = mu + self.randn(mu) * (0.5 * logvar).exp()
         return out
 
     @torch.no_grad()
@@ -129,12 +134,22 @@ class CAL(Balancer):
         return contribution_weights(list(info), conf, self.p.temperature)
 
     def after_encode(self, state: State) -> None:
+        encoded = state.features  # the encoder outputs z_m
+        if self.p.aib and self.heads is not None:
+            state.features = self._sample(encoded)
         self.weights = dict(zip(self.modalities, self._contributions(state)))
-        if self.p.acceleration and state.epoch >= self.p.warmup_epochs:
-            state.features = {m: scale_gradient(z, 1.0 + self.weights[m]) for m, z in state.features.items()}
-        self.avg.add(**{f"cal_w_{m}": w for m, w in self.weights.items()})
+        accelerating = self.p.acceleration and state.epoch >= self.p.warmup_epochs
+        if accelerating:
+            for m, z in encoded.items():
+                scale_gradient_of(z, 1.0 + self.weights[m])
+        self.avg.add(cal_accelerating=float(accelerating), **{f"cal_w_{m}": w for m, w in self.weights.items()})
 
     def after_loss(self, state: State) -> None:
+        if state.loss_setting == "multimodal+unimodal" and self.p.gamma_uni != 1.0:
+            # the trainer added sum_m CE_m with weight 1; make it gamma_uni
+            uni = sum(w * F.cross_entropy(state.unimodal_logits[m], y)
+                      for m in self.modalities for w, y in state.unimodal_targets.get(m, state.targets))
+            state.loss = state.loss + (self.p.gamma_uni - 1.0) * uni
         if not self.p.aib or not self.stats:
             return
         kl = sum(self.p.beta0 * (1 - self.weights[m]) * gaussian_kl(*self.stats[m]) for m in self.modalities)
@@ -143,7 +158,7 @@ class CAL(Balancer):
         self.avg.add(cal_kl=float(kl.detach()))
 
     def epoch_metrics(self) -> dict[str, Any]:
-        return self.avg.means()
+        return {"cal_uni_weight": self.uni_weight, **self.avg.means()}
 
     def reset_epoch_metrics(self) -> None:
         self.avg.reset()

@@ -3,7 +3,8 @@
 [text] mixup at the aggregated multimodal feature level, lambda ~ Beta(alpha, alpha).
 [reading] per batch one permutation pi and one lambda shared by every modality's features (for concat
 fusion this is exactly mixing the concatenated vector); loss = lambda CE(y) + (1 - lambda) CE(y[pi]).
-Every step from epoch 0; no mixing at evaluation. `level: input` mixes raw inputs instead.
+Every step from epoch 0; no mixing at evaluation. `level: input` mixes the model-ready inputs instead.
+Per step lambda is drawn first (the Beta quantile of one uniform), then pi, both from `self.generator`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import betaincinv
 
 from trainables.balancers.base import Balancer, State, StepAverager
 
@@ -25,8 +27,16 @@ def mixup_targets(labels: torch.Tensor, lam: float, perm: torch.Tensor) -> list[
     return [(lam, labels), (1 - lam, labels[perm])]
 
 
-def sample_lambda(alpha: float) -> float:
-    return float(torch.distributions.Beta(alpha, alpha).sample())
+def sample_lambda(alpha: float, u: float) -> float:
+    """lambda ~ Beta(alpha, alpha) by inverse-CDF sampling: the Beta quantile of a uniform draw `u` (so the
+    balancer's generator fixes it; torch.distributions.Beta cannot take one)."""
+    return float(betaincinv(alpha, alpha, u))
+
+
+def permutation(n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation of range(n) on `device`, drawn where `generator` lives (the CPU if none)."""
+    where = generator.device if generator is not None else "cpu"
+    return torch.randperm(n, generator=generator, device=where).to(device)
 
 
 class MMParams(BaseModel):
@@ -47,8 +57,8 @@ class MultimodalMixup(Balancer):
     def _mix(self, state: State, tensors: dict[str, torch.Tensor]) -> None:
         if state.epoch < self.p.warmup_epochs:
             return
-        lam = sample_lambda(self.p.alpha)
-        perm = torch.randperm(len(state.labels), device=state.labels.device)
+        lam = sample_lambda(self.p.alpha, self.rand())
+        perm = permutation(len(state.labels), state.labels.device, self.generator)
         for m in self.modalities:
             tensors[m] = mix(tensors[m], lam, perm)
         state.targets = mixup_targets(state.labels, lam, perm)
