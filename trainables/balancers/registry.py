@@ -15,6 +15,7 @@ _BUILTIN = {
     "bmm": "trainables.balancers.bmm:BalancedMultimodalMixup",
     "inforeg": "trainables.balancers.inforeg:InfoReg",
     "cal": "trainables.balancers.cal:CAL",
+    "pmr": "trainables.balancers.pmr:PMR",
 }
 
 
