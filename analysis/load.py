@@ -16,7 +16,8 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.records import SNAPSHOT_ARTIFACT, STUDY_FILE, default_tracking_uri
+from study.config import default_tracking_uri
+from study.records import SNAPSHOT_ARTIFACT, STUDY_FILE
 from trainables.config import flatten
 from trainables.errors import ConfigError
 

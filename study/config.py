@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,11 @@ from trainables.errors import ConfigError
 # A trial's `mmstudy.role`: the study's own trials by mode, then the ones every study adds.
 OWN_ROLES = ("search", "sensitivity", "compare")
 ROLES = (*OWN_ROLES, "baseline", "confirm")
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else a SQLite store in the working directory (which a bare `mlflow ui` opens)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
 
 
 class Resources(Strict):
@@ -187,8 +193,6 @@ class StudyConfig(Strict):
         return "none" if self._trial.dataset.name == "synthetic" else "best"
 
     def resolved_tracking_uri(self) -> str:
-        from study.records import default_tracking_uri
-
         return self.tracking_uri or default_tracking_uri()
 
     def resolved_experiment(self) -> str:

@@ -34,16 +34,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else a SQLite store in the working directory (which a bare `mlflow ui` opens)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-
-
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so a reader (or a killed writer) never sees half a file."""
+    """Write JSON so a reader (or a killed writer) never sees half a file; NumPy/torch scalars as numbers."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
+        json.dump(payload, fh, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v))
     os.replace(tmp, path)
 
 

@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search_spaces import apply_point
-from study.records import Study, connect, default_tracking_uri
+from study.config import default_tracking_uri
+from study.records import Study, connect
 from study.status import trial_status
 from trainables.config import build_trial_config, flatten
 from trainables.errors import ConfigError
