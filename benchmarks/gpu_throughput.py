@@ -6,7 +6,8 @@ Sections (`--only` picks some):
           compile time reported separately (first step over a typical step).
   redreg  RedReg at defaults / joint training, both in the fast path (bf16, channels_last, optional compile).
   epoch   a whole training epoch on prepared CREMA-D-shaped data (benchmarks/loader_throughput.py's generator):
-          samples/s of the loader path (--workers) and of dataset.on_device=true.
+          samples/s of the loader path (--workers), of the loader path with dataset.augment_on_device=true
+          (workers hand out uncropped frames, crops and flips on the device) and of dataset.on_device=true.
   parity  accuracy parity: paper-size synthetic (the `mmstudy debug` dataset), --seeds seeds, bf16 vs fp32,
           mean best validation accuracy.
 
@@ -87,8 +88,9 @@ def section_step(args) -> list[dict]:
         batches = fixed_batches(trainer, 4)
         if flops is None:
             flops = step_flops(trainer, batches[0])
-        row = {"variant": label, "precision": trainer.precision.name, **timed(trainer, batches, args.warmup,
-                                                                                 args.steps, args.repeats)}
+        row = {"variant": label, "precision": trainer.precision.name,
+               "channels_last": trainer.device.type == "cuda" and precision != "fp32",
+               **timed(trainer, batches, args.warmup, args.steps, args.repeats)}
         row["tflops_per_s"] = flops * row["samples_per_s"] / args.batch / 1e12
         if compile_:
             row["compile_time_s"] = row.pop("first_step_extra_s")
@@ -130,9 +132,12 @@ def section_epoch(args) -> list[dict]:
         write_crema_d(raw, args.clips)
         prepare(CremaDLayout(CremaDParams(root=str(raw))), cache, frame_size=args.frame_size,
                 workers=args.workers, progress=False)
-        for label, on_device, workers in (("loader", False, args.workers), ("on_device", True, 0)):
+        for label, on_device, augment, workers in (("loader", False, False, args.workers),
+                                                   ("loader + augment_on_device", False, True, args.workers),
+                                                   ("on_device", True, False, 0)):
             extra = {"dataset": {"name": "crema_d", "root": str(cache), "on_device": on_device,
-                                 "image_size": args.image_size}, "num_workers": workers,
+                                 "augment_on_device": augment, "image_size": args.image_size},
+                     "num_workers": workers,
                      "model": {"encoder": args.encoder}}
             trainer = trial(args, "auto", False, None, **extra)
             sync(trainer.device)
@@ -150,7 +155,8 @@ def section_epoch(args) -> list[dict]:
             rows.append({"variant": label, "workers": workers, "samples": n, "precision": trainer.precision.name,
                          "samples_per_s": n / min(times), "epoch_s": min(times)})
             del trainer
-    rows[1]["ratio_to_loader"] = rows[1]["samples_per_s"] / rows[0]["samples_per_s"]
+    for row in rows[1:]:
+        row["ratio_to_loader"] = row["samples_per_s"] / rows[0]["samples_per_s"]
     return rows
 
 
@@ -160,8 +166,10 @@ def section_parity(args) -> list[dict]:
         accs = []
         for seed in range(args.seeds):
             raw = {"device": args.device, "epochs": args.parity_epochs, "seed": seed, "precision": precision,
-                   "dataset": {"name": "synthetic", "size": args.parity_size}, "model": {"encoder": args.encoder},
-                   "optim": {"batch_size": args.batch}}
+                   "num_workers": args.workers,
+                   "dataset": {"name": "synthetic", "size": args.parity_size, "n_train": args.parity_train,
+                               "n_val": args.parity_eval, "n_test": args.parity_eval},
+                   "model": {"encoder": args.encoder}, "optim": {"batch_size": args.batch}}
             result = Trainer(build_trial_config(raw)).fit()
             accs.append(result["best"]["val_acc"])
         rows.append({"precision": precision, "best_val_acc_per_seed": accs, "mean_best_val_acc": statistics.fmean(accs),
@@ -191,7 +199,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="epoch: epochs per path (the fastest is reported)")
     ap.add_argument("--seeds", type=int, default=3, help="parity: seeds per precision")
     ap.add_argument("--parity-size", default="paper", choices=["tiny", "small", "paper"])
-    ap.add_argument("--parity-epochs", type=int, default=10)
+    ap.add_argument("--parity-epochs", type=int, default=5)
+    ap.add_argument("--parity-train", type=int, default=1536, help="parity: training samples (as the earlier "
+                    "ResNet-18 `mmstudy debug` run in docs/benchmarks.md)")
+    ap.add_argument("--parity-eval", type=int, default=256, help="parity: validation and test samples each")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shapes, small encoder, few steps")
     ap.add_argument("--json", help="also write every row here")
     args = ap.parse_args()
@@ -199,6 +210,7 @@ def main() -> None:
         args.size, args.encoder, args.batch, args.warmup, args.steps, args.repeats = "tiny", "small", 8, 1, 2, 1
         args.clips, args.image_size, args.epochs, args.seeds = 24, 32, 1, 2
         args.parity_size, args.parity_epochs, args.workers, args.no_compile = "tiny", 1, 1, True
+        args.parity_train, args.parity_eval = 64, 32
     torch.backends.cudnn.benchmark = args.device == "cuda"
     out = {}
     for name in args.only:

@@ -28,9 +28,10 @@ def prepared(tmp_path_factory):
     return base / "prepared"
 
 
-def _cfg(root, on_device, **extra):
+def _cfg(root, on_device, augment_on_device=False, **extra):
     raw = {"device": "cpu", "epochs": 1, "model": {"feature_dim": 8}, "optim": {"batch_size": 8},
-           "dataset": {"name": "crema_d", "root": str(root), "image_size": 32, "on_device": on_device}}
+           "dataset": {"name": "crema_d", "root": str(root), "image_size": 32, "on_device": on_device,
+                       "augment_on_device": augment_on_device}}
     raw.update(extra)
     return build_trial_config(raw)
 
@@ -78,10 +79,14 @@ def test_crop_resize_flip_matches_pil_for_enlarged_crops():
 # ------------------------------------------------------------------ the on-device splits against the loader
 
 
-def test_on_device_batches_have_the_loader_paths_order_and_statistics(prepared):
+@pytest.mark.parametrize("path", ["on_device", "augment_on_device"])
+def test_device_batches_have_the_loader_paths_order_and_statistics(prepared, path):
+    """on_device: the whole split on the device; augment_on_device: the loader hands out uncropped frames and
+    the crops and flips run on the device. Either way: the loader path's order, spectrograms and pixel
+    statistics."""
     trainer_loader = Trainer(_cfg(prepared, False))
-    trainer_device = Trainer(_cfg(prepared, True))
-    assert trainer_loader.on_device is None and trainer_device.on_device is not None
+    trainer_device = Trainer(_cfg(prepared, path == "on_device", augment_on_device=path == "augment_on_device"))
+    assert trainer_loader.on_device is None and (trainer_device.on_device is not None) == (path == "on_device")
     spec = trainer_loader.data.modalities["visual"]
     stats = {"loader": [], "device": []}
     for epoch in range(12):
@@ -115,8 +120,9 @@ def test_on_device_evaluation_splits_match_the_loader(prepared):
         assert xd["visual"].shape == xl["visual"].shape and diff.mean() < 2.0
 
 
-def test_a_trial_trains_on_the_device_path(prepared):
-    history = Trainer(_cfg(prepared, True, epochs=2)).fit()["history"]
+@pytest.mark.parametrize("on_device, augment", [(True, False), (False, True)])
+def test_a_trial_trains_on_the_device_paths(prepared, on_device, augment):
+    history = Trainer(_cfg(prepared, on_device, augment_on_device=augment, epochs=2)).fit()["history"]
     assert all(math.isfinite(r["train_loss"]) for r in history)
 
 

@@ -62,7 +62,7 @@ class TrialConfig(Strict):
     # Arithmetic of the forward pass (torch.autocast; fp16 adds a GradScaler). `auto`: bf16 on a CUDA device
     # that supports it, fp32 on the CPU (CPU runs stay bit-deterministic). Resolved by `resolve_precision`;
     # every epoch record carries the resolved value (`precision`). Balancer statistics stay fp32
-    # (docs/balancers.md, "Precision").
+    # (docs/balancers.md, "Precision"). On CUDA, bf16/fp16 also run the conv encoders channels_last.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # torch.compile of the encoders' conv/MLP/Transformer bodies (in place: parameter names and checkpoints
     # are unchanged, balancers' hooks and RedReg's monitor call the compiled modules).

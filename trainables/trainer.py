@@ -20,7 +20,7 @@ from trainables.balancers.base import State
 from trainables.balancers.registry import build_balancer
 from trainables.config import TrialConfig
 from trainables.data.base import DatasetBundle, model_input
-from trainables.data.on_device import device_data
+from trainables.data.on_device import device_data, with_device_augmentation
 from trainables.data.registry import build_dataset
 from trainables.dynamics import DynamicsTracker
 from trainables.metrics import accuracy, macro_f1
@@ -84,8 +84,8 @@ class Trainer:
         self.balancer = build_balancer(cfg.balancer.name, cfg.balancer_params(), self.modalities)
         self.model = build_model(specs, self.data.num_classes, cfg.model).to(self.device)
         self.precision = Precision(cfg.precision, self.device)  # validated before anything is built on it
-        if self.device.type == "cuda":
-            self.model.use_channels_last()
+        if self.device.type == "cuda" and self.precision.name != "fp32":  # NHWC for tensor-core convolutions;
+            self.model.use_channels_last()                                  # fp32 keeps the NCHW path as it was
         if cfg.compile:
             self.model.compile_encoders()
         self.balancer.bind_model(self.model)
@@ -126,9 +126,10 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         if self.on_device is not None:  # same order (same permutation); crops and flips from `gen` too
             return self.on_device.loader("train", self.cfg.optim.batch_size, gen)
-        return DataLoader(self.data.train, batch_size=self.cfg.optim.batch_size,
-                          sampler=RandomSampler(self.data.train, generator=gen), num_workers=self.cfg.num_workers,
-                          pin_memory=self.device.type == "cuda", drop_last=False)
+        loader = DataLoader(self.data.train, batch_size=self.cfg.optim.batch_size,
+                            sampler=RandomSampler(self.data.train, generator=gen), num_workers=self.cfg.num_workers,
+                            pin_memory=self.device.type == "cuda", drop_last=False)
+        return with_device_augmentation(loader, self.data, self.device, gen)  # dataset.augment_on_device
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {m: model_input(inputs[m], self.data.modalities[m], self.device) for m in self.modalities}

@@ -48,6 +48,9 @@ class CremaDParams(BaseModel):
     # Hold a prepared cache on the training device, crops and flips there in batch (trainables/data/on_device.py):
     # auto = when it is a prepared cache on a GPU with room for it, else the loader path.
     on_device: Literal["auto"] | bool = "auto"
+    # On the loader path: workers hand out the first T frames uncropped (uint8, all clips' frames must share one
+    # size) and the random crops and flips run on the training device in batch (no effect when on_device holds).
+    augment_on_device: bool = False
 
     @field_validator("on_device", mode="before")
     @classmethod
@@ -135,6 +138,8 @@ class CremaDLayout(Layout):
                 "visual": FrameFolder.glob(self.frames_dir / clip.id, "*.jpg")}
 
     def to_tensors(self, sample: dict, train: bool) -> dict[str, torch.Tensor]:
+        if train and self.p.augment_on_device:  # cropped and flipped on the device (data/on_device.py)
+            return {m: torch.from_numpy(a) for m, a in self.untransformed(sample).items()}
         frames = sample["visual"]
         # The first T frames in name order, the last repeated if the clip is short (see the module docstring).
         images = [frames[min(i, len(frames) - 1)] for i in range(self.p.frames)]
@@ -144,11 +149,12 @@ class CremaDLayout(Layout):
 
     def untransformed(self, sample: dict) -> dict[str, np.ndarray]:
         """What `to_tensors` starts from, before any crop: the spectrogram and the first T frames as
-        T x H x W x C uint8 (the on-device path's input; needs a prepared sample)."""
+        T x H x W x C uint8 (the input of the on-device crops)."""
         frames = sample["visual"]
         picks = [min(i, len(frames) - 1) for i in range(self.p.frames)]
-        return {"audio": np.asarray(sample["audio"], dtype=np.float32),
-                "visual": np.stack([np.asarray(frames.array[i]) for i in picks])}
+        # a prepared FrameArray is indexed as stored; a raw FrameFolder is decoded (PIL) to H x W x C
+        stack = [np.asarray(frames.array[i]) if hasattr(frames, "array") else np.asarray(frames[i]) for i in picks]
+        return {"audio": np.array(sample["audio"], dtype=np.float32), "visual": np.stack(stack)}  # copies
 
     def on_device_sizes(self) -> dict[str, int]:
         """Frame modalities and their output side (RandomResizedCrop / Resize target)."""

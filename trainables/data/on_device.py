@@ -135,6 +135,33 @@ class DeviceLoader:
             yield inputs, self.split.labels.index_select(0, idx)
 
 
+class AugmentOnDevice:
+    """The loader path with its crops and flips moved to the device: wraps a DataLoader whose train split hands
+    out uncropped uint8 frames (`augment_on_device: true`), moves each batch to `device` and augments it there
+    in batch, drawing from `generator` (the per-epoch shuffle generator, after the sampler has drawn its order)."""
+
+    def __init__(self, loader, sizes: dict[str, int], device: torch.device, generator: torch.Generator):
+        self.loader, self.sizes, self.device, self.generator = loader, sizes, device, generator
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for inputs, labels in self.loader:
+            inputs = {m: x.to(self.device, non_blocking=True) for m, x in inputs.items()}
+            for m, size in self.sizes.items():
+                inputs[m] = augment_frames(inputs[m], size, self.generator)
+            yield inputs, labels
+
+
+def with_device_augmentation(loader, bundle: DatasetBundle, device: torch.device, generator: torch.Generator):
+    """`loader` itself, or wrapped in AugmentOnDevice when the dataset's params ask for it."""
+    layout = getattr(bundle.train, "layout", None)
+    if layout is None or not getattr(layout.p, "augment_on_device", False):
+        return loader
+    return AugmentOnDevice(loader, layout.on_device_sizes(), device, generator)
+
+
 @dataclass
 class OnDeviceData:
     splits: dict[str, DeviceSplit]
