@@ -228,3 +228,27 @@ def test_compile_runs_a_trial_with_redreg_hooks_and_reports_compile_time():
     assert math.isfinite(record["train_loss"]) and record["compile_time_s"] > 0
     assert "redreg_r" in record, "the monitor did not run on the compiled encoder"
     assert set(trainer.model.state_dict()) == names, "compiling must not rename parameters"
+
+
+def test_fp16_gradients_reach_balancers_unscaled(monkeypatch):
+    """fp16's GradScaler multiplies the loss by 2^16; balancers must see the true gradients (unscaled before
+    after_backward), or RedReg's projection and OGM's noise would mix scaled and unscaled terms. The CPU has
+    fp16 autocast and a GradScaler too; the one-line error for fp16 on the CPU is bypassed here to run it."""
+    import trainables.precision as precision
+
+    norms = {}
+    for name in ("fp32", "fp16"):
+        monkeypatch.setattr(precision, "resolve_precision", lambda requested, device, name=name: name)
+        trainer = Trainer(build_trial_config(_raw()))
+        assert (trainer.precision.scaler is not None) == (name == "fp16")
+        seen = []
+        original = trainer.balancer.after_backward
+
+        def spy(state, original=original, seen=seen):
+            seen.append(float(torch.cat([p.grad.flatten() for p in state.model.parameters()
+                                         if p.grad is not None]).norm()))
+            return original(state)
+        trainer.balancer.after_backward = spy
+        trainer.train_epoch()
+        norms[name] = seen[0]
+    assert 0.5 < norms["fp16"] / norms["fp32"] < 2.0, norms
