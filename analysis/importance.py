@@ -16,8 +16,10 @@ def _distribution(spec, values: pd.Series):
     return optuna.distributions.CategoricalDistribution(choices)
 
 
-def param_importances(trials: pd.DataFrame, space: SearchSpace, target: str = "best_test_acc") -> dict[str, float]:
-    """{param: importance}; empty when fewer than 3 finished trials or nothing varied."""
+def param_importances(trials: pd.DataFrame, space: SearchSpace, target: str = "best_val_acc",
+                      direction: str = "maximize") -> dict[str, float]:
+    """{param: importance} for `target` (the study's metric at each trial's selected epoch: importance on
+    the split the search selected on, not on test); empty when fewer than 3 finished trials or nothing varied."""
     done = trials[(trials["status"] == "finished") & trials[target].notna()]
     names = [k for k in space.sampled_names() if f"param.{k}" in done and done[f"param.{k}"].nunique() > 1]
     if "param.loss_setting" in done and done["param.loss_setting"].nunique() > 1:
@@ -25,7 +27,7 @@ def param_importances(trials: pd.DataFrame, space: SearchSpace, target: str = "b
     if len(done) < 3 or not names:
         return {}
     dists = {n: _distribution(space.params.get(n), done[f"param.{n}"]) for n in names}
-    study = optuna.create_study(direction="maximize")
+    study = optuna.create_study(direction=direction)
     for _, row in done.iterrows():
         params = {n: (str(row[f"param.{n}"]) if isinstance(dists[n], optuna.distributions.CategoricalDistribution)
                       else row[f"param.{n}"]) for n in names}

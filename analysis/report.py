@@ -13,8 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from analysis.importance import param_importances
 from analysis.load import load_histories, load_study
-from analysis.plots import dynamics_figure, importance_figure, sensitivity_figure
-from analysis.tables import comparison_table, modalities_of, to_markdown, trial_label
+from analysis.plots import dynamics_figure, importance_figure, pareto_figure, sensitivity_figure
+from analysis.summary import study_summary
+from analysis.tables import (baseline_for, comparison_table, finished, modalities_of, rank_column, roles, to_markdown,
+                             trial_label)
 from search_spaces import load_space
 from trainables.errors import ConfigError
 
@@ -36,17 +38,29 @@ def status_counts(trials: pd.DataFrame) -> dict[str, int]:
     return dict(sorted(trials["status"].value_counts().to_dict().items())) if not trials.empty else {}
 
 
-def pick_dynamics_trials(trials: pd.DataFrame) -> dict[str, str]:
-    """The best trial by validation accuracy and, when the study has one, the best `none` baseline."""
-    done = trials[trials["status"] == "finished"].sort_values("best_val_acc", ascending=False)
+def study_metric(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The study's metric(s) and mode(s) from its config: one `{name, mode}` or a list of them."""
+    raw = config.get("metric") or {"name": "val_acc", "mode": "max"}
+    items = raw if isinstance(raw, list) else [raw]
+    names = [m["name"] if isinstance(m, dict) else str(m) for m in items]
+    modes = [m.get("mode", "max") if isinstance(m, dict) else "max" for m in items]
+    if isinstance(raw, dict) and isinstance(raw.get("name"), list):  # {name: [a, b], mode: [max, min]}
+        names, modes = list(raw["name"]), list(raw.get("mode") or ["max"] * len(raw["name"]))
+    return names, modes
+
+
+def pick_dynamics_trials(trials: pd.DataFrame, best_trial_id: str | None = None) -> dict[str, str]:
+    """The study's result (the summary's best trial) and the joint-training baseline of its loss setting."""
+    done = finished(trials)
     chosen: dict[str, str] = {}
     if done.empty:
         return chosen
-    best = done.iloc[0]
+    match = done[done["trial_id"] == best_trial_id]
+    best = match.iloc[0] if not match.empty else done.iloc[0]
     chosen[best["trial_id"]] = f"best: {trial_label(best)}"
-    baseline = done[(done["balancer"] == "none") & (done["trial_id"] != best["trial_id"])]
-    if not baseline.empty:
-        chosen[baseline.iloc[0]["trial_id"]] = "baseline: none"
+    baseline = baseline_for(done, best.get("loss_setting"))
+    if baseline is not None and baseline["trial_id"] != best["trial_id"]:
+        chosen[baseline["trial_id"]] = "baseline: none (joint training)"
     return chosen
 
 
@@ -63,47 +77,62 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     out.mkdir(parents=True, exist_ok=True)
     config = attrs["config"]
     space = load_space(config.get("search_space"))
+    metrics, modes = study_metric(config)
+    summary = study_summary(trials, metrics[0], modes[0])
     written: list[str] = []
 
+    if len(metrics) > 1:
+        written += _save(pareto_figure(trials, metrics, modes, name), out, "pareto", pdf=True)
     written += _save(sensitivity_figure(trials, space, name), out, "sensitivity", pdf=True)
 
-    table = comparison_table(trials, order=list((config.get("variants") or {}).keys()))
+    table = comparison_table(trials, order=list((config.get("variants") or {}).keys()), metric=metrics[0], mode=modes[0])
     table.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(to_markdown(table))
     written += ["comparison.csv", "comparison.md"]
 
     mods = modalities_of(trials)
-    picks = pick_dynamics_trials(trials)
+    picks = pick_dynamics_trials(trials, summary.best_trial_id)
     keys = [f"{k}_{m}" for k in ("rlc", "dgr", "rs") for m in mods]
     history = load_histories(trials[trials["trial_id"].isin(list(picks))], keys)
-    baseline_note = "" if any(v.startswith("baseline") for v in picks.values()) else " (no `none` trial in this study)"
+    baseline_note = "" if any(v.startswith("baseline") for v in picks.values()) else " (no joint-training baseline finished)"
     if history[keys].notna().any().any():
         written += _save(dynamics_figure(history, picks, mods, f"{name}: training dynamics, best trial vs baseline"
                                          f"{baseline_note}"), out, "dynamics")
 
-    importances = param_importances(trials, space) if config.get("mode") == "search" else {}
-    written += _save(importance_figure(importances, f"{name}: hyperparameter importance (Optuna fANOVA)"),
+    importances, target = {}, rank_column(trials, metrics[0])
+    if config.get("mode") == "search" and target in trials:
+        importances = param_importances(trials[~roles(trials).isin(["baseline", "confirm"])], space, target=target,
+                                        direction="minimize" if modes[0] == "min" else "maximize")
+    written += _save(importance_figure(importances, f"{name}: importance for {target} (Optuna fANOVA)"),
                      out, "importance")
 
     command = command or "mmstudy report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    (out / "report.md").write_text(render_markdown(name, config, counts, table, written, importances, command, attrs))
+    (out / "report.md").write_text(render_markdown(name, config, counts, table, written, importances, command, attrs,
+                                                   summary, metrics, modes))
     written.append("report.md")
     if log_to_mlflow:
         try:
             MlflowClient(tracking_uri=attrs["tracking_uri"]).log_artifacts(attrs["parent_run_id"], str(out), "report")
         except Exception as err:  # noqa: BLE001
             print(f"mmstudy: warning: report written to {out} but not logged to MLflow ({str(err).splitlines()[0][:200]})")
-    return {"out_dir": str(out), "files": written, "counts": counts}
+    return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
 
 
-def render_markdown(name, config, counts, table, written, importances, command, attrs) -> str:
-    lines = [f"# Study report: {name}", "",
+def render_markdown(name, config, counts, table, written, importances, command, attrs, summary, metrics, modes) -> str:
+    objective = ", ".join(f"`{m}` ({o})" for m, o in zip(metrics, modes))
+    lines = [f"# Study report: {name}", "", summary.text, "",
              f"Produced by: `{command}`", "",
-             "Numbers are test metrics at each trial's best validation epoch (model selection on the validation "
-             "split), mean ± std over the trial's seeds.", "",
+             f"Trials are ranked by {objective} on the validation split; every number is a test metric at each "
+             "seed's best validation epoch, in percent: mean ± sample std [95 % t-interval] over the trial's seeds "
+             "(n seeds; one seed shows no spread). Δ vs joint: the difference to the joint-training baseline of the "
+             "same loss setting, Welch's 95 % interval, Welch's test Holm-corrected over the configurations compared "
+             "with that baseline; \"within noise\" when the interval covers 0. Verdict: TOST equivalence at ±1 point "
+             "first, then the sign of a significant difference, else inconclusive.", "",
              "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
              (" — the study is still running; this report covers what has finished." if counts.get("running") else ""),
              ""]
+    if "pareto.png" in written:
+        lines += ["## Pareto front (multi-objective search)", "", "![pareto](pareto.png)", ""]
     if "sensitivity.png" in written:
         lines += ["## Sensitivity (RedReg Fig. 4/5 style)", "", "![sensitivity](sensitivity.png)", ""]
     else:

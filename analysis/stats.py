@@ -38,7 +38,9 @@ class SeedSummary:
             return "–"
         out = f"{scale * self.mean:.{digits}f}"
         if self.std is not None:
-            out += f" ± {scale * self.std:.{digits}f} [{scale * self.ci_low:.{digits}f}, {scale * self.ci_high:.{digits}f}]"
+            out += f" ± {scale * self.std:.{digits}f}"
+        if self.ci_low is not None:
+            out += f" [{scale * self.ci_low:.{digits}f}, {scale * self.ci_high:.{digits}f}]"
         return out
 
 
@@ -59,7 +61,7 @@ def seed_summary(values: Iterable[float], confidence: float = CONFIDENCE) -> See
 @dataclass(frozen=True)
 class Difference:
     """mean(a) - mean(b) with Welch's test. `p_adjusted` is Holm's when several configurations were compared
-    (else the raw p). `within_noise`: the CI covers 0. `verdict` (TOST at `margin` first, then Welch):
+    (else the raw p). `within_noise`: the CI covers 0 or the (Holm) p is not below alpha. `verdict` (TOST at `margin` first, then Welch):
     'equivalent' | 'better' | 'worse' | 'inconclusive'. Untestable (a side has < 2 seeds): p, CI, noise None."""
     n_a: int
     n_b: int
@@ -97,8 +99,11 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     ci = res.confidence_interval(confidence)
     p_eq = equivalence_p(x, y, margin)
     p_adj = float(res.pvalue) if p_adjusted is None else p_adjusted
+    # Within noise: the CI covers 0 (for one comparison the same as p >= alpha); after Holm, also when the
+    # corrected p is not below alpha, so that a 95 % CI excluding 0 never contradicts the corrected test.
+    within = bool(ci.low <= 0 <= ci.high or p_adj >= alpha)
     return Difference(len(x), len(y), diff, float(ci.low), float(ci.high), float(res.df), float(res.pvalue), p_adj,
-                      p_eq, margin, bool(ci.low <= 0 <= ci.high), verdict(diff, p_adj, p_eq, alpha))
+                      p_eq, margin, within, verdict(diff, p_adj, p_eq, alpha))
 
 
 def equivalence_p(a: Sequence[float], b: Sequence[float], margin: float = MARGIN) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.stats import Difference, SeedSummary, compare_to_baseline
-from analysis.tables import finished, rank_column, roles, seed_stats, seed_values, trial_label
+from analysis.tables import baseline_for, finished, rank_column, roles, seed_stats, seed_values, trial_label
 
 LOSS_NAMES = {"multimodal": "multimodal loss", "multimodal+unimodal": "multimodal + unimodal loss (*)"}
 
@@ -40,20 +40,6 @@ def candidates(done: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     if not confirmed.empty:
         return confirmed, True
     return done[~role.isin(["baseline", "confirm"])], False
-
-
-def baseline_for(done: pd.DataFrame, loss_setting: Any = None) -> pd.Series | None:
-    """The joint-training baseline: a `baseline` trial (same loss setting preferred); in a study without
-    baseline trials, a `none` trial (a comparison's joint-training variant) of the same loss setting."""
-    role = roles(done)
-    pool = done[role == "baseline"]
-    if pool.empty:
-        pool = done[(done.get("balancer") == "none") & (role != "confirm")] if "balancer" in done else pool
-    if pool.empty:
-        return None
-    same = pool[pool["loss_setting"] == loss_setting] if "loss_setting" in pool else pool
-    pick = same if not same.empty else pool
-    return pick.loc[pick["num_seeds"].idxmax()] if "num_seeds" in pick else pick.iloc[0]
 
 
 def rank(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:

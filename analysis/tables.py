@@ -1,9 +1,12 @@
-"""Table-I-style comparisons: accuracy, per-modality accuracy and the modality gap, mean +- std over seeds."""
+"""Table-I-style comparisons over seeds (n, mean, std, 95 % CI) with the difference to joint training, and the
+per-trial helpers the summary and figures share: per-seed values, roles, the baseline, the ranking column."""
 from __future__ import annotations
+
+from typing import Any
 
 import pandas as pd
 
-from analysis.stats import SeedSummary, seed_summary
+from analysis.stats import SeedSummary, compare_to_baseline, seed_summary
 
 
 def modalities_of(trials: pd.DataFrame) -> list[str]:
@@ -53,6 +56,11 @@ def seed_stats(row: pd.Series, key: str) -> SeedSummary:
     if values:
         return seed_summary(values)
     mean = row.get(f"best_{key}")
+    if (mean is None or pd.isna(mean)) and key.endswith("_gap"):
+        split = key[:-len("_gap")]
+        accs = [row[f"best_{split}_acc_{m}"] for m in _row_modalities(row, split) if pd.notna(row[f"best_{split}_acc_{m}"])]
+        mean = max(accs) - min(accs) if len(accs) >= 2 else None
+        row = row.drop(labels=[f"best_{key}_std"], errors="ignore")  # the gap's spread was never recorded
     if mean is None or pd.isna(mean):
         return seed_summary([])
     std = row.get(f"best_{key}_std")
@@ -80,53 +88,156 @@ def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | None = None) -> pd.DataFrame:
-    """One row per finished trial (best validation first): numbers are test metrics at the best validation
-    epoch, averaged over the trial's seeds, with their std."""
-    done = trials[trials["status"] == "finished"].copy()
+def baseline_for(done: pd.DataFrame, loss_setting: Any = None) -> pd.Series | None:
+    """The joint-training baseline among finished trials: a `baseline` trial (same loss setting preferred);
+    in a study without baseline trials, a `none` trial (a comparison's joint-training variant) of the same
+    loss setting."""
+    role = roles(done)
+    pool = done[role == "baseline"]
+    if pool.empty and "balancer" in done:
+        pool = done[(done["balancer"] == "none") & (role != "confirm")]
+    if pool.empty:
+        return None
+    same = pool[pool["loss_setting"] == loss_setting] if "loss_setting" in pool else pool
+    pick = same if not same.empty else pool
+    return pick.loc[pick["num_seeds"].idxmax()] if "num_seeds" in pick else pick.iloc[0]
+
+
+def quantities(trials: pd.DataFrame) -> dict[str, str]:
+    """Table column -> per-seed key: accuracy, per-modality accuracies, the modality gap, and (when the
+    trials logged them) the Shapley contribution per modality and the imbalance degree."""
+    mods = modalities_of(trials)
+    out = {"acc": "test_acc", **{f"acc_{m}": f"test_acc_{m}" for m in mods}}
+    if len(mods) >= 2:
+        out["gap"] = "test_gap"
+    out.update({f"shapley_{m}": f"test_shapley_{m}" for m in mods if f"best_test_shapley_{m}" in trials})
+    if "best_test_imbalance" in trials:
+        out["imbalance"] = "test_imbalance"
+    return out
+
+
+def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | None = None,
+                     metric: str = "val_acc", mode: str = "max") -> pd.DataFrame:
+    """One row per finished trial: the baseline first, then confirmation trials, then the study's own trials
+    (a search: its `top` best by the study's metric at the selected epoch; a grid: every point in the config's
+    order). Every quantity is a test metric at each seed's best validation epoch: n, mean, sample std and
+    95 % t-interval over the trial's seeds. `delta*` is the accuracy difference to joint training of the same
+    loss setting (Welch), p Holm-corrected over the rows compared with that baseline."""
+    done = finished(trials).copy()
     if done.empty:
         return pd.DataFrame()
-    mods = modalities_of(done)
-    if done["sweep_param"].isna().all():  # a search: the best configurations by validation accuracy
-        done = done.sort_values("best_val_acc", ascending=False).head(top)
+    metric = metric if isinstance(metric, str) else metric[0]
+    mode = mode if isinstance(mode, str) else mode[0]
+    col = rank_column(done, metric)
+    done["_role"] = roles(done)
+    head = done[done["_role"].isin(["baseline", "confirm"])]
+    own = done[~done["_role"].isin(["baseline", "confirm"])]
+    if own["sweep_param"].isna().all():  # a search: the best configurations by the study's metric
+        own = own.sort_values(col, ascending=(mode == "min"), na_position="last").head(top) if col in own else own.head(top)
     else:  # a grid (sensitivity, comparison): every point, in the config's order within each loss setting
         rank = {name: i for i, name in enumerate(order or [])}
-        done = done.assign(_rank=done["sweep_value"].map(lambda v: rank.get(v, len(rank))),
-                           _num=pd.to_numeric(done["sweep_value"], errors="coerce"),
-                           _txt=done["sweep_value"].astype(str))
-        done = done.sort_values(["loss_setting", "sweep_param", "_rank", "_num", "_txt"])
-    out = pd.DataFrame({"method": done.apply(trial_label, axis=1), "loss_setting": done["loss_setting"],
-                        "seeds": done["num_seeds"], "val_acc": done["best_val_acc"],
-                        "acc": done["best_test_acc"], "acc_std": done.get("best_test_acc_std", 0.0)})
-    for m in mods:
-        out[f"acc_{m}"] = done[f"best_test_acc_{m}"]
-        out[f"acc_{m}_std"] = done.get(f"best_test_acc_{m}_std", 0.0)
-    if len(mods) == 2:
-        out["gap"] = out[f"acc_{mods[0]}"] - out[f"acc_{mods[1]}"]
-    return out.reset_index(drop=True)
+        own = own.assign(_rank=own["sweep_value"].map(lambda v: rank.get(v, len(rank))),
+                         _num=pd.to_numeric(own["sweep_value"], errors="coerce"),
+                         _txt=own["sweep_value"].astype(str))
+        own = own.sort_values(["loss_setting", "sweep_param", "_rank", "_num", "_txt"])
+    rows = pd.concat([head, own]) if not head.empty else own
+    # Within each loss setting: its baseline, its confirmation trials, then the rest.
+    settings = {s: i for i, s in enumerate(sorted(rows["loss_setting"].dropna().unique()))}  # multimodal first
+    rows = rows.assign(_setting=rows["loss_setting"].map(settings),
+                       _order=rows["_role"].map({"baseline": 0, "confirm": 1}).fillna(2), _pos=range(len(rows)))
+    if col in rows and not head.empty:  # confirmation trials best first
+        rows["_pos"] = rows["_pos"].where(rows["_role"] != "confirm", rows[col].rank(ascending=(mode == "min")))
+    rows = rows.sort_values(["_setting", "_order", "_pos"], kind="stable")
+    qty = quantities(done)
+    records = []
+    for _, row in rows.iterrows():
+        rec: dict[str, Any] = {"trial_id": row.get("trial_id"), "method": trial_label(row), "role": row["_role"],
+                               "loss_setting": row.get("loss_setting"), "rank_metric": col,
+                               "rank_value": row.get(col)}
+        for name, key in qty.items():
+            s = seed_stats(row, key)
+            rec.update({name: s.mean, f"{name}_std": s.std, f"{name}_ci_low": s.ci_low, f"{name}_ci_high": s.ci_high})
+            if name == "acc":
+                rec["n"] = s.n
+        records.append(rec)
+    out = pd.DataFrame(records)
+    _add_deltas(out, rows, done)
+    return out
+
+
+def _add_deltas(out: pd.DataFrame, rows: pd.DataFrame, done: pd.DataFrame) -> None:
+    for c in ("delta", "delta_ci_low", "delta_ci_high", "delta_p", "within_noise", "verdict"):
+        out[c] = None
+    out["is_baseline"] = False
+    for setting in out["loss_setting"].drop_duplicates():
+        base = baseline_for(done, setting)
+        if base is None:
+            continue
+        out.loc[out["trial_id"] == base.get("trial_id"), "is_baseline"] = True
+        idx = [i for i in out.index if out.at[i, "loss_setting"] == setting and out.at[i, "trial_id"] != base.get("trial_id")]
+        diffs = compare_to_baseline([seed_values(rows.iloc[i], "test_acc") for i in idx], seed_values(base, "test_acc"))
+        base_acc = seed_stats(base, "test_acc").mean
+        for i, d in zip(idx, diffs):
+            out.at[i, "delta"] = d.diff if pd.notna(d.diff) else out.at[i, "acc"] - base_acc  # untested: means only
+            if d.p is not None:
+                out.loc[i, ["delta_ci_low", "delta_ci_high", "delta_p"]] = [d.ci_low, d.ci_high, d.p_adjusted]
+                out.at[i, "within_noise"] = d.within_noise
+                out.at[i, "verdict"] = d.verdict
+
+
+HEADERS = {"acc": "Accuracy", "gap": "Gap (max − min)", "imbalance": "Imbalance"}
+
+
+def _header(name: str) -> str:
+    if name in HEADERS:
+        return HEADERS[name]
+    kind, mod = name.split("_", 1)
+    return f"Acc {mod}" if kind == "acc" else f"Shapley {mod}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """Markdown with mean +- std in percent; the best value of each column within each loss setting in
-    bold (for the gap: the smallest |gap|)."""
+    """Percent, `mean ± std [95 % CI]` over seeds (one seed: the value alone, never "± 0.00"); the best
+    accuracies and the smallest gap within each loss setting in bold; Δ vs joint with its CI, the Holm p and
+    whether it is within noise; the TOST verdict at ±1 point."""
     if table.empty:
         return "_no finished trial_\n"
-    metric_cols = ["acc"] + [c for c in table.columns if c.startswith("acc_") and not c.endswith("_std")]
-    headers = ["Method", "Loss", "Seeds", "Accuracy"] + [f"Acc {c[4:]}" for c in metric_cols[1:]]
-    if "gap" in table:
-        headers.append("Gap (abs. a − v)")
+    qty = [c for c in table.columns if c in HEADERS or c.startswith(("acc_", "shapley_"))
+           if not c.endswith(("_std", "_ci_low", "_ci_high"))]
+    show_role = table["role"].nunique() > 1
+    headers = ["Method", *(["Role"] if show_role else []), "Loss", "n", *(_header(c) for c in qty),
+               "Δ vs joint", "p (Holm)", "Verdict (±1 pt)"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    groups = table.groupby("loss_setting")
-    best = {c: groups[c].transform("max") for c in metric_cols}
-    best_gap = groups["gap"].transform(lambda g: g.abs().min()) if "gap" in table else None
+    # Bold the best within each loss setting; once confirmation trials exist, among them and the baseline
+    # only (a one-seed search trial's best epoch is the optimistic number confirmation replaces).
+    eligible = table["role"] != "search" if (table["role"] == "confirm").any() else pd.Series(True, index=table.index)
+    groups = table[eligible].groupby("loss_setting", dropna=False)
+    best = {c: groups[c].transform("min" if c == "gap" else "max").reindex(table.index)
+            for c in qty if c == "gap" or c.startswith("acc")}
     for i, row in table.iterrows():
-        cells = [str(row["method"]), "MM+UM*" if row["loss_setting"] == "multimodal+unimodal" else "MM",
-                 str(int(row["seeds"]))]
-        for c in metric_cols:
-            text = f"{100 * row[c]:.2f} ± {100 * float(row.get(f'{c}_std', 0.0) or 0.0):.2f}"
-            cells.append(f"**{text}**" if row[c] == best[c][i] else text)
-        if "gap" in table:
-            text = f"{100 * abs(row['gap']):.2f}"
-            cells.append(f"**{text}**" if abs(row["gap"]) == best_gap[i] else text)
+        cells = [str(row["method"]), *([row["role"] or "–"] if show_role else []),
+                 "MM+UM*" if row["loss_setting"] == "multimodal+unimodal" else "MM", str(int(row["n"]))]
+        for c in qty:
+            s = SeedSummary(int(row["n"]), row[c], _num(row[f"{c}_std"]), _num(row[f"{c}_ci_low"]), _num(row[f"{c}_ci_high"]))
+            text = s.text() if pd.notna(row[c]) else "–"
+            bold = c in best and row[c] == best[c][i]
+            cells.append(f"**{text}**" if bold and pd.notna(row[c]) else text)
+        cells += _delta_cells(row)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _delta_cells(row: pd.Series) -> list[str]:
+    if row["delta"] is None or pd.isna(row["delta"]):
+        return ["baseline" if row["is_baseline"] else "–", "–", "–"]
+    text = f"{100 * row['delta']:+.2f}"
+    if row["delta_p"] is None or pd.isna(row["delta_p"]):
+        why = "one seed" if row["n"] < 2 else "per-seed values not recorded"
+        return [f"{text} (no test: {why})", "–", "–"]
+    noise = "within noise" if row["within_noise"] else "beyond noise"
+    p = row["delta_p"]
+    return [f"{text} [{100 * row['delta_ci_low']:+.2f}, {100 * row['delta_ci_high']:+.2f}] {noise}",
+            "< 0.001" if p < 0.001 else f"{p:.3f}", str(row["verdict"])]
+
+
+def _num(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)

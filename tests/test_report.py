@@ -112,8 +112,10 @@ def test_comparison_table_numbers_and_bold_by_hand(tmp_path):
     assert list(table["method"]) == ["none", "redreg"]  # the running trial is not reported
     assert list(table["gap"]) == pytest.approx([0.35, 0.15])
     md = to_markdown(table)
-    assert "| redreg | MM | 3 | **75.00 ± 1.00** | 60.00 ± 2.00 | **45.00 ± 3.00** | **15.00** |" in md
-    assert "| none | MM | 3 | 70.00 ± 1.00 | **65.00 ± 2.00** | 30.00 ± 3.00 | 35.00 |" in md
+    # Runs without per-seed values (recorded before they existed): mean ± std, no interval, no test.
+    assert ("| redreg | MM | 3 | **75.00 ± 1.00** | 60.00 ± 2.00 | **45.00 ± 3.00** | **15.00** | "
+            "+5.00 (no test: per-seed values not recorded) | – | – |") in md
+    assert "| none | MM | 3 | 70.00 ± 1.00 | **65.00 ± 2.00** | 30.00 ± 3.00 | 35.00 | baseline | – | – |" in md
 
 
 def test_report_on_a_running_study_covers_what_finished(tmp_path):
@@ -134,3 +136,93 @@ def test_report_on_an_all_failed_study_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"study 'fake' has no finished trial yet \(1 diverged, 1 failed\)"):
         build_report("fake", str(tmp_path / "out"), tracking_uri=uri)
     assert not (tmp_path / "out").exists()
+
+
+def _study_with_roles(tmp_path, metric):
+    """A search written with MlflowClient as mmstudy writes it: a 3-seed baseline, 1-seed search trials and
+    3-seed confirmation trials, per-seed best-epoch values, the study snapshot on the parent run."""
+    import yaml
+    from study.records import SNAPSHOT_ARTIFACT
+
+    uri = f"sqlite:///{tmp_path}/roles.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mmstudy/roles")
+    parent = client.create_run(exp, tags={"mmstudy.kind": "study", "mmstudy.study": "roles"}).info.run_id
+    (tmp_path / SNAPSHOT_ARTIFACT).write_text(yaml.safe_dump({"name": "roles", "mode": "search", "metric": metric,
+                                                              "search_space": "redreg"}))
+    client.log_artifact(parent, str(tmp_path / SNAPSHOT_ARTIFACT))
+    trials = [("base", "baseline", "none", {}, [0.80, 0.82, 0.81], [0.40, 0.45, 0.41]),
+              ("s0", "search", "redreg", {"balancer.gamma": 0.2}, [0.95], [0.70]),
+              ("s1", "search", "redreg", {"balancer.gamma": 1.4}, [0.70], [0.60]),
+              ("s2", "search", "redreg", {"balancer.gamma": 0.9}, [0.85], [0.65]),
+              ("c0", "confirm", "redreg", {"balancer.gamma": 0.2}, [0.84, 0.85, 0.86], [0.60, 0.61, 0.62]),
+              ("c1", "confirm", "redreg", {"balancer.gamma": 0.9}, [0.81, 0.83, 0.80], [0.62, 0.63, 0.64])]
+    for tid, role, name, point, acc, visual in trials:
+        seeds = [0] if role == "search" else [1000, 1001, 1002]
+        run = client.create_run(exp, tags={
+            "mlflow.parentRunId": parent, "mmstudy.trial_id": tid, "mmstudy.status": "finished", "mmstudy.role": role,
+            "mmstudy.seeds": json.dumps(seeds), "mmstudy.point": json.dumps(point),
+            "mmstudy.trial_config": json.dumps({"balancer": {"name": name, **{k.split(".")[1]: v for k, v in point.items()}},
+                                                "loss_setting": "multimodal"})}).info.run_id
+        for i, (s, a, v) in enumerate(zip(seeds, acc, visual)):
+            for key, value in (("test_acc", a), ("val_acc", a), ("test_acc_audio", 0.83 + 0.02 * i), ("test_acc_visual", v),
+                               ("val_gap", 0.85 - v)):
+                client.log_metric(run, f"best_{key}/seed_{s}", value)
+        for key, values in (("test_acc", acc), ("val_acc", acc), ("val_gap", [0.85 - v for v in visual])):
+            client.log_metric(run, f"best_{key}", float(np.mean(values)))
+        client.log_metric(run, "best_test_acc_audio", 0.85)
+        client.log_metric(run, "best_test_acc_visual", float(np.mean(visual)))
+        for epoch in (1, 2):
+            client.log_metric(run, "rlc_audio", 0.1 * epoch, step=epoch)
+            client.log_metric(run, "rlc_visual", 0.2 * epoch, step=epoch)
+    return uri
+
+
+def test_report_leads_with_the_confirmed_answer_against_joint_training(tmp_path):
+    from scipy import stats
+
+    from analysis.plots import sensitivity_figure
+    from analysis.stats import holm
+    from search_spaces import load_space
+
+    uri = _study_with_roles(tmp_path, {"name": "val_acc", "mode": "max"})
+    result = build_report("roles", str(tmp_path / "out"), tracking_uri=uri, command="x", log_to_mlflow=False)
+    md = (tmp_path / "out" / "report.md").read_text()
+    first = md.split("\n\n")[1]
+    assert first.startswith("**Result (redreg).**") and "re-trained with fresh seeds 1000, 1001, 1002" in first
+    assert "`redreg (gamma=0.2)`" in first  # c0: the better confirmed validation, not s0's lucky single seed
+    base = [0.80, 0.82, 0.81]
+    p = holm([stats.ttest_ind(c, base, equal_var=False).pvalue for c in ([0.84, 0.85, 0.86], [0.81, 0.83, 0.80])])
+    assert result["summary"].metrics["best_minus_baseline_p"] == pytest.approx(p[0])
+    assert result["summary"].metrics["best_minus_baseline"] == pytest.approx(0.04)
+    table = comparison_table(load_study("roles", tracking_uri=uri))
+    assert list(table["method"][:3]) == ["none", "redreg (gamma=0.2)", "redreg (gamma=0.9)"]
+    assert list(table["delta_p"][1:3]) == pytest.approx(p)
+    assert "± 0.00" not in md and "| baseline | – | – |" in md
+    # s0: one seed, no spread, no test, and not bold (confirmation replaces a one-seed search number)
+    assert "| redreg (gamma=0.2) | search | MM | 1 | 95.00 | 83.00 | 70.00 | 13.00 | +14.00 (no test: one seed) |" in md
+    assert "| 3 | **85.00 ± 1.00 [82.52, 87.48]** |" in md  # the confirmed best is bold
+    assert_real_png(tmp_path / "out" / "dynamics.png")
+    from analysis.report import pick_dynamics_trials
+    assert list(pick_dynamics_trials(load_study("roles", tracking_uri=uri), result["summary"].best_trial_id)) == ["c0", "base"]
+    # the sensitivity figure draws joint training as a line at its mean and a band over its 95 % CI
+    trials = load_study("roles", tracking_uri=uri)
+    fig = sensitivity_figure(trials, load_space("redreg"), "roles")
+    ax = fig.axes[0]
+    ci = stats.t.interval(0.95, 2, loc=np.mean(base), scale=stats.sem(base))
+    assert any(np.allclose(line.get_ydata(), 100 * np.mean(base)) for line in ax.get_lines())
+    spans = [p.get_extents() for p in ax.patches]
+    assert any(np.allclose(ax.transData.inverted().transform([[0, e.y0], [0, e.y1]])[:, 1], 100 * np.array(ci), atol=0.05)
+               for e in spans)
+
+
+def test_multi_objective_report_draws_the_pareto_front_with_the_baseline(tmp_path):
+    from analysis.plots import pareto_front
+
+    metric = [{"name": "val_acc", "mode": "max"}, {"name": "val_gap", "mode": "min"}]
+    uri = _study_with_roles(tmp_path, metric)
+    result = build_report("roles", str(tmp_path / "out"), tracking_uri=uri, command="x", log_to_mlflow=False)
+    assert "pareto.png" in result["files"] and "![pareto](pareto.png)" in (tmp_path / "out" / "report.md").read_text()
+    assert_real_png(tmp_path / "out" / "pareto.png")
+    points = np.array([[0.9, 0.3], [0.8, 0.1], [0.7, 0.2], [0.9, 0.4]])
+    assert list(pareto_front(points, ["max", "min"])) == [0, 1]

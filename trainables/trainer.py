@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from trainables.balancers.base import State
 from trainables.balancers.registry import build_balancer
 from trainables.config import TrialConfig
+from trainables.contribution import CoalitionAccuracy
 from trainables.data.base import DatasetBundle, model_input
 from trainables.data.on_device import device_data, with_device_augmentation
 from trainables.data.registry import build_dataset
@@ -208,7 +209,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def predict(self, split: str, coalitions: CoalitionAccuracy | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         self.model.eval()
         self.extra.eval()
         fused, uni, labels = [], {m: [] for m in self.modalities}, []
@@ -216,15 +218,19 @@ class Trainer:
             with self.precision.autocast():
                 feats = self.balancer.transform_features(self.model.encode(self._to_device(inputs)), training=False)
                 fused.append(self.model.fuse(feats).argmax(1).cpu())
+                if coalitions is not None:  # the fused head with modalities masked: Shapley contributions
+                    coalitions.add(self.model.fuse, feats, y)
                 for m, logits in self.model.unimodal_logits(feats).items():
                     uni[m].append(logits.argmax(1).cpu())
             labels.append(y)
         return torch.cat(fused), {m: torch.cat(v) for m, v in uni.items()}, torch.cat(labels)
 
     def evaluate(self, split: str) -> dict[str, float]:
-        fused, uni, labels = self.predict(split)
+        coalitions = CoalitionAccuracy(self.modalities)
+        fused, uni, labels = self.predict(split, coalitions)
         out = {"acc": accuracy(fused, labels), "f1": macro_f1(fused, labels, self.data.num_classes)}
         out.update({f"acc_{m}": accuracy(p, labels) for m, p in uni.items()})
+        out.update(coalitions.metrics())  # shapley_<m>, imbalance (trainables.contribution)
         return out
 
     def best(self) -> dict[str, Any]:
