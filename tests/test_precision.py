@@ -183,9 +183,13 @@ def test_one_pass_monitor_equals_two_passes_in_eval_mode(rs_features, modality):
     model.encoder(modality).eval()
     expected = _two_pass(model, balancer.p, state.inputs[modality], modality, seed=3)
     model.train()
+    calls = []
+    model.encoder(modality).body().register_forward_hook(lambda mod, args, out: calls.append(len(args[0])))
     torch.manual_seed(3)
     got = balancer.redundancy(state, modality)
     assert got == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    frames = 2 if modality == "visual" else 1  # the frames encoder runs its trunk on B*T frames
+    assert calls == [2 * 6 * frames], f"the monitor ran the encoder on batches {calls}, not once on 2B"
     assert model.encoder(modality).training, "the monitor must restore train mode"
 
 
