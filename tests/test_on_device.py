@@ -154,3 +154,16 @@ def test_a_dataset_that_does_not_fit_is_an_error_for_true_and_the_loader_for_aut
     monkeypatch.setattr(on_device, "free_bytes", lambda device: 2 * need)
     data = device_data(bundle, True, torch.device("cpu"))
     assert data is not None and data.nbytes == need
+
+
+def test_frames_of_different_sizes_are_a_one_line_error_for_true(prepared, tmp_path):
+    import shutil
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    one = sorted((copy / "visual" / "train").glob("*.npy"))[-1]
+    np.save(one, np.zeros((3, 20, 40, 3), dtype=np.uint8))
+    bundle = build_dataset("crema_d", _cfg(copy, True).dataset_params())
+    with pytest.raises(ConfigError, match=r"^dataset.on_device: the prepared visual arrays differ in shape "
+                                          r"\(\(3, 30, 40, 3\) vs \(3, 20, 40, 3\)\) and the on-device path needs one"):
+        device_data(bundle, True, torch.device("cpu"))

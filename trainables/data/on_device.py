@@ -208,25 +208,28 @@ def free_bytes(device: torch.device) -> int:
 
 
 def load_split(dataset, device: torch.device, train: bool, chunk: int = 256) -> DeviceSplit:
-    """Every clip's plain arrays stacked and copied to `device` (evaluation frames resized, chunk by chunk)."""
+    """Every clip's plain arrays, read `chunk` clips at a time (host memory holds one chunk), copied into one
+    tensor per modality on `device`; evaluation frames are resized there once."""
     sizes = dataset.layout.on_device_sizes()
-    arrays = [_plain_arrays(dataset, c) for c in dataset.clips]
-    shapes = {m: {a[m].shape for a in arrays} for m in arrays[0]}
-    uneven = [m for m, s in shapes.items() if len(s) > 1]
-    if uneven:
-        raise ConfigError(f"dataset.on_device: the prepared {uneven[0]} arrays differ in shape ({sorted(shapes[uneven[0]])[:2]}"
-                          f"...); prepare with --frame-size, or set dataset.on_device: false")
-    tensors = {}
-    for m in arrays[0]:
-        parts = []
-        for start in range(0, len(arrays), chunk):
-            part = torch.from_numpy(np.stack([a[m] for a in arrays[start:start + chunk]])).to(device)
+    n_clips = len(dataset.clips)
+    tensors: dict[str, torch.Tensor] = {}  # allocated once, filled chunk by chunk (no second copy on the device)
+    shapes: dict[str, tuple] = {}
+    for start in range(0, len(dataset.clips), chunk):
+        arrays = [_plain_arrays(dataset, c) for c in dataset.clips[start:start + chunk]]
+        for m in arrays[0]:
+            shapes.setdefault(m, arrays[0][m].shape)
+            other = next((a[m].shape for a in arrays if a[m].shape != shapes[m]), None)
+            if other is not None:
+                raise ConfigError(f"dataset.on_device: the prepared {m} arrays differ in shape ({shapes[m]} vs "
+                                  f"{other}) and the on-device path needs one; allowed here: auto, false")
+            part = torch.from_numpy(np.stack([a[m] for a in arrays])).to(device)
             if m in sizes and not train:  # N x T x H x W x C -> N x C x T x S x S, resized once
                 n, t, h, w, c = part.shape
                 part = resize(part.reshape(n * t, h, w, c).permute(0, 3, 1, 2), sizes[m])
                 part = part.view(n, t, c, sizes[m], sizes[m]).permute(0, 2, 1, 3, 4).contiguous()
-            parts.append(part)
-        tensors[m] = torch.cat(parts)
+            if m not in tensors:
+                tensors[m] = torch.empty((n_clips, *part.shape[1:]), dtype=part.dtype, device=device)
+            tensors[m][start:start + len(part)] = part
     labels = torch.tensor([c.label for c in dataset.clips], device=device)
     return DeviceSplit(tensors, labels, sizes if train else {})
 
@@ -252,8 +255,13 @@ def device_data(bundle: DatasetBundle, mode, device: torch.device) -> OnDeviceDa
         if mode == "auto":
             return None
         raise ConfigError(f"dataset.on_device: true but {reason}; allowed: auto, false")
-    data = OnDeviceData({"train": load_split(bundle.train, device, train=True),
-                         "val": load_split(bundle.val, device, train=False),
-                         "test": load_split(bundle.test, device, train=False)})
+    try:
+        data = OnDeviceData({"train": load_split(bundle.train, device, train=True),
+                             "val": load_split(bundle.val, device, train=False),
+                             "test": load_split(bundle.test, device, train=False)})
+    except ConfigError:
+        if mode == "auto":  # e.g. frames of different sizes: the loader path takes them
+            return None
+        raise
     _HELD[key] = (weakref.ref(bundle, lambda _ref, key=key: _HELD.pop(key, None)), data)
     return data
