@@ -364,7 +364,7 @@ def test_gpu_fractions_decide_how_many_trials_share_a_gpu(tmp_path, ray_local, g
     folder = tmp_path / "placements"
     folder.mkdir()
     trial = dict(TINY_TRIAL, epochs=2, balancer={"name": "fault_balancers:RecordPlacement", "folder": str(folder),
-                                                  "hold_s": 1.5})
+                                                  "hold_s": 3.0})
     raw = study_raw(tmp_path, f"gpu{gpu}", trial=trial, mode="compare", variants={v: {} for v in "abcd"}, search_space=None,
                     max_concurrent=4, resources={"cpu": 0.5, "gpu": gpu})
     cfg = load_study_config(None, raw=raw)
