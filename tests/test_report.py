@@ -47,7 +47,7 @@ def test_load_study_matches_the_tune_results(search_study):
         result = next(tune_dir.glob(f"*{row['trial_id']}*/result.json"))
         last = json.loads(result.read_text().splitlines()[-1])
         assert row["best_test_acc"] == pytest.approx(last["best_test_acc"])
-        assert row["param.balancer.gamma"] == pytest.approx(last["config"]["balancer.gamma"])
+        assert row["param.balancer.gamma"] == pytest.approx(last["config"]["point"]["balancer.gamma"])
         assert row["seeds"] == [0, 1] and row["epochs_run"] == 3
     history = load_histories(trials, ["val_acc", "rlc_audio"])
     assert len(history) == 12 and set(history["epoch"]) == {1, 2, 3}
