@@ -83,6 +83,15 @@ def test_compare_to_baseline_holm_corrects_across_configurations():
     assert "p (Holm)" in diffs[0].text()
 
 
+def test_after_holm_a_ci_excluding_zero_is_still_within_noise():
+    c = [0.92, 0.94, 0.91]  # alone: p = 0.037, its 95 % CI excludes 0
+    alone = welch(c, B)
+    assert alone.p < 0.05 and alone.ci_low > 0 and alone.within_noise is False
+    both = compare_to_baseline([c, [0.90, 0.92, 0.89]], B)  # two comparisons: Holm p = 2 * 0.037 > 0.05
+    assert both[0].p_adjusted == pytest.approx(2 * alone.p) and both[0].ci_low > 0
+    assert both[0].within_noise is True and both[0].verdict == "inconclusive"
+
+
 def test_detectable_difference_has_the_requested_power():
     delta = detectable_difference(0.01, 3)
     df, se = 4, 0.01 * math.sqrt(2 / 3)
