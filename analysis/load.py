@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
 
 def snapshot_of(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
     """The resolved study config the parent run keeps (`study.yaml`); empty for a run without one."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(parent_run_id, SNAPSHOT_ARTIFACT, tmp)
