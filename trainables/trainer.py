@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from trainables.balancers.base import State
 from trainables.balancers.registry import build_balancer
@@ -42,6 +42,16 @@ def resolve_device(name: str) -> torch.device:
 
         raise ConfigError("device: 'cuda' requested but no GPU is visible; allowed here: auto, cpu")
     return torch.device(name)
+
+
+def holdout_split(dataset, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(rest, held-out): a seeded `fraction` of the training split held out for a balancer (G-Blending's
+    V), both in dataset order; (dataset, None) for fraction 0."""
+    if fraction <= 0:
+        return dataset, None
+    n_hold = max(1, round(fraction * len(dataset)))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, sorted(order[n_hold:])), Subset(dataset, sorted(order[:n_hold]))
 
 
 def select_modalities(available: list[str], wanted: list[str] | None) -> list[str]:
@@ -83,6 +93,7 @@ class Trainer:
         self.modalities = select_modalities(self.data.modality_names, cfg.modalities)
         specs = {m: self.data.modalities[m] for m in self.modalities}
         self.balancer = build_balancer(cfg.balancer.name, cfg.balancer_params(), self.modalities)
+        self.train_set, holdout = holdout_split(self.data.train, self.balancer.holdout_fraction, cfg.seed)
         self.model = build_model(specs, self.data.num_classes, cfg.model).to(self.device)
         self.precision = Precision(cfg.precision, self.device)  # validated before anything is built on it
         if self.device.type == "cuda" and self.precision.name != "fp32":  # NHWC for tensor-core convolutions;
@@ -102,18 +113,24 @@ class Trainer:
         pin = self.device.type == "cuda"
         # dataset.on_device: a prepared cache held on the device, augmented there (None: the loader path)
         self.on_device = device_data(self.data, getattr(cfg.dataset_params(), "on_device", False), self.device)
+        if self.on_device is not None and holdout is not None:
+            from trainables.errors import ConfigError
+
+            raise ConfigError(f"dataset.on_device: not supported with balancer '{cfg.balancer.name}', which holds "
+                              "out part of the training split; allowed: false")
         self.eval_loaders = {
             split: self.on_device.loader(split, 2 * o.batch_size) if self.on_device else
             DataLoader(getattr(self.data, split), batch_size=2 * o.batch_size, shuffle=False,
                        num_workers=cfg.num_workers, pin_memory=pin)
             for split in ("val", "test")
         }
-        steps = math.ceil(len(self.data.train) / o.batch_size)
+        steps = math.ceil(len(self.train_set) / o.batch_size)
         self.state = State(
             model=self.model, optimizer=self.optimizer, modalities=self.modalities,
             num_classes=self.data.num_classes, num_epochs=cfg.epochs, steps_per_epoch=steps,
             loss_setting=cfg.loss_setting, device=self.device, train_loader=self._train_loader(0),
-            model_input=self._to_device,
+            model_input=self._to_device, holdout_loader=None if holdout is None else
+            DataLoader(holdout, batch_size=2 * o.batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin),
         )
         probe_inputs, probe_labels = next(iter(DataLoader(self.data.val, batch_size=min(64, len(self.data.val)))))
         self.dynamics = DynamicsTracker(self._to_device(probe_inputs), probe_labels.to(self.device), seed=cfg.seed)
@@ -127,8 +144,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         if self.on_device is not None:  # same order (same permutation); crops and flips from `gen` too
             return self.on_device.loader("train", self.cfg.optim.batch_size, gen)
-        loader = DataLoader(self.data.train, batch_size=self.cfg.optim.batch_size,
-                            sampler=RandomSampler(self.data.train, generator=gen), num_workers=self.cfg.num_workers,
+        loader = DataLoader(self.train_set, batch_size=self.cfg.optim.batch_size,
+                            sampler=RandomSampler(self.train_set, generator=gen), num_workers=self.cfg.num_workers,
                             pin_memory=self.device.type == "cuda", drop_last=False)
         return with_device_augmentation(loader, self.data, self.device, gen)  # dataset.augment_on_device
 

@@ -30,6 +30,9 @@ class State:
     loss_setting: str
     device: torch.device
     train_loader: Any = None
+    # Batches of the held-out part of the training split (never val or test), when the balancer asks for
+    # one with `holdout_fraction` (G-Blending's V); None otherwise. `train_loader` then yields the rest.
+    holdout_loader: Any = None
     # A loader batch as the model takes it (on the device, float, normalised): the one input path, so a
     # balancer that reads batches itself (e.g. B-MM's epoch-end scores) sees exactly what the model trains on.
     model_input: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
@@ -60,6 +63,9 @@ class Balancer:
     # Where a stochastic balancer draws its noise: None = torch's global RNG (seeded by the trainer); a
     # test sets a seeded generator so an independent reference step can draw exactly the same numbers.
     generator: torch.Generator | None = None
+    # > 0: the trainer holds out this seeded fraction of the training split (State.holdout_loader) and
+    # trains on the rest.
+    holdout_fraction: float = 0.0
 
     def __init__(self, params: BaseModel, modalities: list[str]):
         if self.two_modalities_only and len(modalities) != 2:

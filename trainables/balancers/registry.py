@@ -17,6 +17,7 @@ _BUILTIN = {
     "cal": "trainables.balancers.cal:CAL",
     "pmr": "trainables.balancers.pmr:PMR",
     "mmpareto": "trainables.balancers.mmpareto:MMPareto",
+    "gblend": "trainables.balancers.gblend:GBlend",
 }
 
 
