@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from study.records import write_json_atomic
 from trainables.config import TrialConfig, build_trial_config, flatten
 from trainables.trainer import Trainer
 
@@ -26,19 +26,6 @@ def header(modalities: list[str]) -> str:
     names = ["epoch", "train_loss", "val_acc", "val_f1", *[f"val_{m[:5]}" for m in modalities], "test_acc"]
     widths = [5, 10, 8, 7, *[9] * len(modalities), 8]
     return " ".join(f"{n:>{w}}" for n, w in zip(names, widths))
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=_jsonable)
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def run_debug(cfg: TrialConfig, out_dir: str | None, progress: bool = True) -> dict[str, Any]:
@@ -111,11 +98,12 @@ def run_from_run(run_id: str, tracking_uri: str | None, flags: dict[str, Any], o
     import torch
     from mlflow.tracking import MlflowClient
 
+    from study.config import default_tracking_uri
     from study.tracking import trial_config_from_run
     from trainables import provenance
     from trainables.tune_trainable import build_trainers
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = tracking_uri or default_tracking_uri()
     raw = trial_config_from_run(run_id, uri)
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     tags = run.data.tags
@@ -126,13 +114,17 @@ def run_from_run(run_id: str, tracking_uri: str | None, flags: dict[str, Any], o
 
     settings = provenance.applied_settings(recorded, threads, torch.cuda.is_available())
     if "device" in settings and flags.get("device") is None:
-        raw["device"] = settings["device"]
+        from trainables.trainer import resolve_device
+
+        if resolve_device(raw.get("device", "auto")).type != settings["device"]:
+            raw["device"] = settings["device"]  # e.g. a CPU trial's `auto` where this machine has a GPU
     raw = apply_flags(raw, flags)
     if flags.get("seed") is not None:
         seeds = [flags["seed"]]
     configs = [build_trial_config(raw, [*overrides, f"seed={s}"]) for s in seeds]
     resolved = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
-    changed = sorted(k for k, v in flatten(resolved).items() if flatten(trial_config).get(k) != v
+    recorded_fields = flatten(trial_config)  # fields added to mmstudy after the trial ran are not changes
+    changed = sorted(k for k, v in flatten(resolved).items() if k in recorded_fields and recorded_fields[k] != v
                      and not (k == "device" and v == settings.get("device")))
     before = torch.get_num_threads()
     if "threads" in settings:
@@ -186,9 +178,10 @@ def largest_difference(client, run_id: str, rows: list[dict[str, Any]]) -> dict[
             if epoch not in history:
                 continue
             epochs.add(epoch)
-            diff = abs(float(row[key]) - history[epoch])
-            if diff != diff:  # NaN on one side only
-                diff = float("inf")
+            a, b = float(row[key]), history[epoch]
+            diff = 0.0 if math.isnan(a) and math.isnan(b) else abs(a - b)
+            if math.isnan(diff):  # NaN on one side only
+                diff = math.inf
             if key == "val_acc":
                 val_acc = max(val_acc, diff)
             if diff > worst[0]:

@@ -32,6 +32,7 @@ def test_debug_writes_metrics_json_with_the_documented_schema(tmp_path, capsys):
     (["optim.lrr=0.1"], "did you mean 'optim.lr'?"),
     (["epochs=two"], "epochs: Input should be a valid integer"),
     (["--balancer", "redreg", "balancer.tau_min=0.9"], "tau_min (0.9) must be < tau_max"),
+    (["--threads", "0"], "--threads: must be at least 1 (got 0)"),
 ])
 def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, args, fragment):
     out = tmp_path / "never"
