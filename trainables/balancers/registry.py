@@ -16,6 +16,7 @@ _BUILTIN = {
     "inforeg": "trainables.balancers.inforeg:InfoReg",
     "cal": "trainables.balancers.cal:CAL",
     "pmr": "trainables.balancers.pmr:PMR",
+    "arl": "trainables.balancers.arl:ARL",
     "mmpareto": "trainables.balancers.mmpareto:MMPareto",
     "gblend": "trainables.balancers.gblend:GBlend",
 }
