@@ -17,6 +17,7 @@ _BUILTIN = {
     "cal": "trainables.balancers.cal:CAL",
     "pmr": "trainables.balancers.pmr:PMR",
     "arl": "trainables.balancers.arl:ARL",
+    "relearn": "trainables.balancers.relearn:Relearn",
     "mmpareto": "trainables.balancers.mmpareto:MMPareto",
     "gblend": "trainables.balancers.gblend:GBlend",
 }
