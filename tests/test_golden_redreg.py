@@ -1,5 +1,7 @@
 """RedReg through the real Trainer vs plain loops (tests/reference/redreg.py): the paper variant against a
 loop written from the paper, the code variant against one written from the authors' main_RedReg.py."""
+import pytest
+
 from golden import run_golden, tiny_config
 from reference import redreg
 
@@ -15,6 +17,9 @@ def test_redreg_paper_matches_the_reference_with_the_gate_open_and_closed():
     assert any(gates) and not all(gates), gates
     assert any(e["r"] <= 0.0 for e in log) and any(e["sim"] < e["tau"] for e in log), log  # both gates closed once
     assert len(log) == trainer.state.step - 2  # the first two steps are plain (Algorithm 1, t < 2)
+    for e, record in enumerate(trainer.history):  # the monitor's values, not only the weights they led to
+        rs = [x["r"] for x in log if x["step"] // trainer.state.steps_per_epoch == e]
+        assert record["redreg_r"] == pytest.approx(sum(rs) / len(rs), rel=1e-5)
 
 
 def test_redreg_code_variant_matches_the_authors_loop():
@@ -24,10 +29,13 @@ def test_redreg_code_variant_matches_the_authors_loop():
     log = []
     raw = tiny_config({"name": "redreg", "variant": "code", "window": 2, "R": 4.5, "tau_max": 0.9}, epochs=6,
                       loss_setting="multimodal+unimodal")
-    run_golden(raw, redreg.train_code, W=2, R=4.5, thr_max=0.9, log=log)
+    trainer, _ = run_golden(raw, redreg.train_code, W=2, R=4.5, thr_max=0.9, log=log)
     regulated = [m for e in log for m, b in e["beta"].items() if b > 0]
     dominant_r = [e["r"][max(e["prob"], key=e["prob"].get)] for e in log]
     assert {"audio", "visual"} <= set(regulated), "both modalities were regulated at some step"
     assert any(e["sim"] <= e["thr"] for e in log), "the agreement gate closed at some step"
     assert min(dominant_r) <= 4.5 and len(regulated) < len(log), "the monitor closed at some step"
     assert {m for e in log for m in e["dropped"]} == {"audio", "visual"}, "modality dropout hit both"
+    for e, record in enumerate(trainer.history):  # the monitor's values, not only the weights they led to
+        rs = [x["r"][max(x["prob"], key=x["prob"].get)] for x in log if x["epoch"] == e]
+        assert record["redreg_r"] == pytest.approx(sum(rs) / len(rs), rel=1e-5)
