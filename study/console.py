@@ -12,7 +12,9 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from study.config import OWN_ROLES
 from study.status import trial_status
+from trainables.tune_trainable import trial_point
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -92,9 +94,11 @@ class StudyConsole(Callback):
         self.running.add(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.config.get("role", "search") not in OWN_ROLES:  # the baseline and confirmations are not candidates
+            return
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and not math.isnan(value) and self._better(float(value)):
-            self.best = (float(value), str(trial), point_of(trial.config))
+            self.best = (float(value), str(trial), trial_point(trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -111,7 +115,7 @@ class StudyConsole(Callback):
         value = last.get(self.metric)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) and not math.isnan(value) else ""
         epochs = f"epoch {last.get('training_iteration', 0)}" + (f"/{self.epochs}" if self.epochs else "")
-        point = self._point_text(point_of(trial.config))
+        point = self._point_text(trial_point(trial.config))
         self._print("  ".join(p for p in (f"{status:>8} {trial}", shown, epochs, point,
                                             reason if status != "finished" else "") if p))
 
@@ -124,8 +128,3 @@ class StudyConsole(Callback):
     def on_experiment_end(self, trials, **info):
         self._print(self.summary_line())
 
-
-def point_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The sampled point of a Tune config, without the bookkeeping keys a study adds (seeds, roles)."""
-    point = config.get("point", config)
-    return {k: v for k, v in point.items() if not k.startswith(("sweep_", "mmstudy"))}

@@ -34,16 +34,18 @@ def test_links_open_the_classic_runs_table():
 
 def constant_learner(config):
     for epoch in range(1, 5):
-        tune.report({"val_acc": config["quality"] * epoch / 4, "train_loss": 1.0 / epoch})
+        tune.report({"val_acc": config["point"]["quality"] * epoch / 4, "train_loss": 1.0 / epoch})
 
 
 @pytest.mark.integration
 def test_console_lines_follow_the_study_metric_and_asha(tmp_path, ray_local):
     out = io.StringIO()
-    console = StudyConsole("demo", metric="val_acc", mode="max", total=4, epochs=4, out=out, every_s=0.0)
+    console = StudyConsole("demo", metric="val_acc", mode="max", total=5, epochs=4, out=out, every_s=0.0)
     tuner = tune.Tuner(
         constant_learner,
-        param_space={"quality": tune.grid_search([0.9, 0.8, 0.2, 0.1])},
+        # the joint-training baseline (role baseline) is the strongest here, but it is no candidate for "best"
+        param_space={"point": {"quality": tune.grid_search([0.9, 0.8, 0.2, 0.1, 1.0])},
+                     "role": tune.sample_from(lambda spec: "baseline" if spec.config.point.quality == 1.0 else "search")},
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", max_concurrent_trials=1,
                                     scheduler=ASHAScheduler(grace_period=1, reduction_factor=2, max_t=4)),
         run_config=tune.RunConfig(storage_path=str(tmp_path), callbacks=[console], verbose=0),
@@ -51,7 +53,7 @@ def test_console_lines_follow_the_study_metric_and_asha(tmp_path, ray_local):
     tuner.fit()
     text = out.getvalue()
     ended = [line for line in text.splitlines() if line.lstrip().startswith(("finished", "pruned"))]
-    assert len(ended) == 4, text
+    assert len(ended) == 5, text
     assert any(line.lstrip().startswith("pruned") for line in ended), text  # ASHA stopped the later, weaker ones
     final = text.strip().splitlines()[-1]
     assert "best val_acc 0.9000" in final and "quality=0.9" in final, final

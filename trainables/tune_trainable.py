@@ -24,7 +24,7 @@ SPREAD_KEYS = ("val_acc", "test_acc", "val_f1", "test_f1")
 
 
 def trial_point(config: dict[str, Any]) -> dict[str, Any]:
-    """The sampled point of a Tune config: flat dotted keys (Optuna) or under 'point' (grids)."""
+    """The sampled point of a Tune config: every mode's trials carry it under 'point' (with 'role', 'seeds')."""
     return dict(config.get("point", config))
 
 
