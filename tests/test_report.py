@@ -61,7 +61,9 @@ def test_report_writes_real_figures_tables_and_logs_them(search_study, tmp_path)
     assert (out / "sensitivity.pdf").stat().st_size > 1000
     md = (out / "report.md").read_text()
     assert "mmstudy report rep" in md and "![sensitivity](sensitivity.png)" in md and "name: rep" in md
-    assert "| Method | Loss | Seeds | Accuracy |" in (out / "comparison.md").read_text()
+    table_md = (out / "comparison.md").read_text()
+    assert "| n | Accuracy |" in table_md and "| Shapley audio |" in table_md and "| Δ vs joint |" in table_md
+    assert md.split("\n\n")[1].startswith("**Result (redreg).**")  # the report leads with the summary
     client = MlflowClient(search_study.resolved_tracking_uri())
     trials = load_study(str(search_study.study_dir()))
     logged = {a.path for a in client.list_artifacts(trials.attrs["parent_run_id"], "report")}
