@@ -16,6 +16,7 @@ _BUILTIN = {
     "inforeg": "trainables.balancers.inforeg:InfoReg",
     "cal": "trainables.balancers.cal:CAL",
     "pmr": "trainables.balancers.pmr:PMR",
+    "agm": "trainables.balancers.agm:AGM",
     "arl": "trainables.balancers.arl:ARL",
     "relearn": "trainables.balancers.relearn:Relearn",
     "mmpareto": "trainables.balancers.mmpareto:MMPareto",
