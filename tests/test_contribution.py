@@ -84,5 +84,10 @@ def test_trainer_logs_contributions_for_validation_and_test():
             zeros = {m: torch.zeros(1, cfg.model.feature_dim) for m in trainer.modalities}
             empty = (labels == trainer.model.fuse(zeros).argmax(1)).float().mean().item()
         assert sum(phi.values()) == pytest.approx(record[f"{split}_acc"] - empty)
-        assert record[f"{split}_imbalance"] == pytest.approx(imbalance_degree(phi), nan_ok=True)
-    assert {"test_shapley_audio", "test_imbalance"} <= set(trainer.best())
+        degree = imbalance_degree(phi)
+        if math.isnan(degree):  # undefined degrees are left out of the record, never NaN in a history
+            assert f"{split}_imbalance" not in record
+        else:
+            assert record[f"{split}_imbalance"] == pytest.approx(degree)
+    assert "test_shapley_audio" in trainer.best()
+    assert all(not (isinstance(v, float) and math.isnan(v)) for v in record.values())

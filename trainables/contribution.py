@@ -18,6 +18,7 @@ sum_{i<j} |phi_i - phi_j| / ((|M| - 1) * sum_m phi_m); for two modalities |phi_a
 """
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from math import factorial
 from typing import Callable
@@ -80,6 +81,7 @@ class CoalitionAccuracy:
         """`shapley_<m>` per modality and `imbalance`, for one split's evaluation."""
         phi = shapley_values(self.values(), self.modalities)
         out = {f"shapley_{m}": v for m, v in phi.items()}
-        if len(phi) > 1:  # one modality has nothing to be imbalanced against
-            out["imbalance"] = imbalance_degree(phi)
+        degree = imbalance_degree(phi) if len(phi) > 1 else math.nan  # one modality: nothing to be imbalanced against
+        if not math.isnan(degree):  # undefined (no positive contribution yet) is left out, never logged as NaN
+            out["imbalance"] = degree
         return out
