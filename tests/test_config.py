@@ -27,7 +27,7 @@ def test_code_variant_switches_defaults_but_explicit_values_win():
 @pytest.mark.parametrize("overrides, expected", [
     (["model.fusoin=film"], "model.fusoin: unknown key; did you mean 'model.fusion'?"),
     (["model.fusion=transformer"], "model.fusion: Input should be 'concat', 'sum', 'film', 'gated' or 'late'"),
-    (["balancer.name=redregg"], "balancer.name: unknown balancer 'redregg'; allowed: bmm, cal, inforeg, mm, none"),
+    (["balancer.name=redregg"], "balancer.name: unknown balancer 'redregg'; allowed: agm, arl, bmm, cal, gblend, inforeg"),
     (["dataset.name=imagenet"], "dataset.name: unknown dataset 'imagenet'; allowed: cmu_mosi, crema_d, kinetics_sounds, synthetic"),
     (["optim.lr=fast"], "optim.lr: Input should be a valid number"),
     (["optim.lr=-1"], "optim.lr: Input should be greater than 0"),
