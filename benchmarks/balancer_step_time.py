@@ -33,6 +33,12 @@ VARIANTS = [
     ("redreg (monitor_samples=16)", {"name": "redreg", "monitor_samples": 16}),
     ("redreg (monitor_every=4, monitor_samples=16)", {"name": "redreg", "monitor_every": 4, "monitor_samples": 16}),
     ("redreg (code variant)", {"name": "redreg", "variant": "code"}),
+    ("pmr", {"name": "pmr"}),
+    ("agm", {"name": "agm"}),
+    ("arl", {"name": "arl", "start": 0}),
+    ("mmpareto", {"name": "mmpareto"}),
+    ("gblend (super_epoch=1)", {"name": "gblend", "super_epoch": 1}),  # its cost comes once per super-epoch
+    ("relearn", {"name": "relearn"}),  # one diagnosis per period, not per step
 ]
 
 
