@@ -104,6 +104,7 @@ def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
         row["point"] = {k: v for k, v in point.items() if not k.startswith("sweep_")}
         row.update({f"param.{k}": v for k, v in flatten(config).items()})
         row.update(run.data.metrics)
+        row.update(json.loads(tags.get("mmstudy.per_seed", "{}")))  # best_<key>/seed_<s>: each seed's best epoch
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.attrs.update(study=ref.name, tracking_uri=ref.tracking_uri, parent_run_id=ref.parent_run_id,

@@ -32,6 +32,7 @@ from trainables.errors import ConfigError
 log = logging.getLogger("mmstudy.tracking")
 
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, REASON_TAG = "mmstudy.trial_id", "mmstudy.study", "mmstudy.status", "mmstudy.status_reason"
+PER_SEED_TAG, PER_SEED_LIMIT = "mmstudy.per_seed", 8000  # MLflow's tag values hold 8000 characters
 CONFIG_ARTIFACT = "trial_config.yaml"
 RETRY_AFTER_S = 30.0
 # Tune's bookkeeping and the trainable's flags: in the study folder, not on a run a person reads.
@@ -58,9 +59,18 @@ def metrics_of(result: dict[str, Any]) -> dict[str, float]:
             and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def per_seed_metrics(result: dict[str, Any]) -> dict[str, float]:
-    return {mlflow_key(k): float(v) for k, v in result.items()
-            if "/seed_" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+def per_seed_values(result: dict[str, Any]) -> str:
+    """Each seed's best-epoch values (`best_<key>/seed_<s>`) as one JSON tag, `mmstudy.per_seed`: reports
+    compute CIs over seeds from them, and as a tag they stay off the trial's metric charts (one single-point
+    chart per seed and key would bury the curves a person reads). Accuracy-type keys are kept first when the
+    JSON would pass MLflow's tag length."""
+    values = {k: float(v) for k, v in result.items()
+              if "/seed_" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    text = json.dumps(values, separators=(",", ":"))
+    if len(text) > PER_SEED_LIMIT:
+        values = {k: v for k, v in values.items() if "_acc" in k or "_f1" in k or k.startswith("best_epoch")}
+        text = json.dumps(values, separators=(",", ":"))
+    return text
 
 
 def resolved_trial_config(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -159,10 +169,9 @@ class TrialWriter:
               last: dict[str, Any] | None = None) -> None:
         """End the run: its status, and the final per-seed values (reports compute CIs over seeds from them)."""
         run_id = self.run_for(trial_id, spec)
-        step, now = int((last or {}).get("training_iteration", 0)), int(time.time() * 1000)
-        seeds = [Metric(k, v, now, step) for k, v in per_seed_metrics(last or {}).items()]
-        tags = [RunTag(STATUS_TAG, status)] + ([RunTag(REASON_TAG, reason[:5000])] if reason else [])
-        self.client.log_batch(run_id, metrics=seeds, tags=tags)
+        tags = [RunTag(STATUS_TAG, status), RunTag(PER_SEED_TAG, per_seed_values(last or {}))]
+        tags += [RunTag(REASON_TAG, reason[:5000])] if reason else []
+        self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status={"finished": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED"))
 
     def log_weights(self, trial_id: str, spec: dict[str, Any], folder: str) -> int:

@@ -166,10 +166,12 @@ def _study_with_roles(tmp_path, metric):
             "mmstudy.seeds": json.dumps(seeds), "mmstudy.point": json.dumps(point),
             "mmstudy.trial_config": json.dumps({"balancer": {"name": name, **{k.split(".")[1]: v for k, v in point.items()}},
                                                 "loss_setting": "multimodal"})}).info.run_id
+        per_seed = {}
         for i, (s, a, v) in enumerate(zip(seeds, acc, visual)):
             for key, value in (("test_acc", a), ("val_acc", a), ("test_acc_audio", 0.83 + 0.02 * i), ("test_acc_visual", v),
                                ("val_gap", 0.85 - v)):
-                client.log_metric(run, f"best_{key}/seed_{s}", value)
+                per_seed[f"best_{key}/seed_{s}"] = value
+        client.set_tag(run, "mmstudy.per_seed", json.dumps(per_seed))  # as the trial writer records them
         for key, values in (("test_acc", acc), ("val_acc", acc), ("val_gap", [0.85 - v for v in visual])):
             client.log_metric(run, f"best_{key}", float(np.mean(values)))
         client.log_metric(run, "best_test_acc_audio", 0.85)

@@ -8,7 +8,6 @@
   trial's MLflow per-epoch metrics exactly, and a trial whose driver was SIGKILLed mid-run and then resumed
   logs the same per-epoch metrics as the same config run uninterrupted.
 """
-import copy
 import json
 import math
 import os

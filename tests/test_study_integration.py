@@ -71,7 +71,7 @@ def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local)
                               if r.data.metrics["val_acc"] >= ranked[1].data.metrics["val_acc"]}
     baseline = roles["baseline"][0]
     assert baseline.data.params["balancer.name"] == "none" and baseline.data.params["seeds"] == "[0, 1, 2]"
-    assert {f"best_test_acc/seed_{s}" for s in (0, 1, 2)} <= set(baseline.data.metrics)
+    assert {f"best_test_acc/seed_{s}" for s in (0, 1, 2)} <= set(json.loads(baseline.data.tags["mmstudy.per_seed"]))
     assert baseline.data.tags["mmstudy.status"] == "finished" and baseline.info.status == "FINISHED"
     for run in roles["confirm"]:
         assert run.data.params["seeds"] == "[7]" and run.data.tags["mmstudy.status"] == "finished"
@@ -88,7 +88,8 @@ def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local)
         assert steps == sorted(set(steps)) and steps[0] == 1
         assert "gate_open_frac" in run.data.metrics and "rlc_audio" in run.data.metrics
         assert "best_test_acc" in run.data.metrics and "best_test_acc_std" in run.data.metrics
-        assert {"best_test_acc/seed_0", "best_test_acc/seed_1"} <= set(run.data.metrics)
+        assert {"best_test_acc/seed_0", "best_test_acc/seed_1"} <= set(json.loads(tags["mmstudy.per_seed"]))
+        assert not [k for k in run.data.metrics if "/seed_" in k]  # per-seed values stay off the metric charts
         assert not {"should_checkpoint", "diverged", "num_seeds", "done"} & set(run.data.metrics)
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["trial_config.yaml"]
         if tags["mmstudy.status"] == "pruned":
