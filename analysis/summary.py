@@ -39,7 +39,11 @@ def candidates(done: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     confirmed = done[role == "confirm"]
     if not confirmed.empty:
         return confirmed, True
-    return done[~role.isin(["baseline", "confirm"])], False
+    pool = done[~role.isin(["baseline", "confirm"])]
+    if not (role == "baseline").any() and "balancer" in pool:  # a comparison's `none` variant is the baseline:
+        methods = pool[pool["balancer"] != "none"]              # never the answer compared with itself
+        pool = methods if not methods.empty else pool
+    return pool, False
 
 
 def rank(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:

@@ -30,10 +30,11 @@ class Outcome:
 def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 0, out=None) -> Outcome:
     records.check_new(cfg)                                   # a free name, a writable folder, a reachable store
     with ray_session(cfg.ray_address, cfg.resources):        # start or join Ray; a trial must fit on a node
+        trainable = trainable_for(cfg)                       # the dataset: a bad one fails before any record exists
         study = records.start(cfg, config_path)              # folder + snapshot + parent run, or none of them
         print_links(study, out)
         searcher = study_searcher(study)
-        tuner = tune().Tuner(trainable_for(study.config), param_space={},
+        tuner = tune().Tuner(trainable, param_space={},
                              tune_config=tune_config(study, searcher), run_config=run_config(study, searcher, verbose, out))
         results = tuner.fit()
     return wrap_up(study, results)

@@ -179,6 +179,8 @@ class StudySearcher(Searcher):
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if trial.number >= self.asked:
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        # Optuna numbers the failed proposals too: count them, or a second resume would fail live trials
+        self.asked = len(study.get_trials(deepcopy=False))
 
 
 class StudyASHA(ASHAScheduler):

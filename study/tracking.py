@@ -67,10 +67,13 @@ def per_seed_values(result: dict[str, Any]) -> str:
     values = {k: float(v) for k, v in result.items()
               if "/seed_" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
     text = json.dumps(values, separators=(",", ":"))
-    if len(text) > PER_SEED_LIMIT:
-        values = {k: v for k, v in values.items() if "_acc" in k or "_f1" in k or k.startswith("best_epoch")}
+    # very many seeds: keep the accuracies, then the headline test/val accuracy, then the test accuracy alone
+    for keep in (("_acc", "_f1", "best_epoch/"), ("best_test_acc/", "best_val_acc/"), ("best_test_acc/",)):
+        if len(text) <= PER_SEED_LIMIT:
+            break
+        values = {k: v for k, v in values.items() if any(part in k for part in keep)}
         text = json.dumps(values, separators=(",", ":"))
-    return text
+    return text if len(text) <= PER_SEED_LIMIT else "{}"  # never a failed write that leaves the run open
 
 
 def resolved_trial_config(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:

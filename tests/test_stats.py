@@ -160,3 +160,11 @@ def test_summary_ranks_by_the_studys_metric_and_mode():
     high_gap = dict(CONF_1, **{"best_val_gap": 0.30})
     assert study_summary(_frame([BASE, high_gap, low_gap]), "val_gap", "min").best_trial_id == "c2"
     assert study_summary(_frame([BASE, high_gap, low_gap]), ["val_acc", "val_gap"], ["max", "min"]).best_trial_id == "c1"
+
+
+def test_a_comparisons_joint_training_variant_is_never_its_own_answer():
+    # compare mode: no baseline trials, the `none` variant is the baseline; it ranks first on validation here
+    joint = dict(BASE, trial_id="n", role="compare", best_val_acc=0.99)
+    method = dict(CONF_1, trial_id="m", role="compare")
+    s = study_summary(_frame([joint, method]), "best_val_acc", "max")
+    assert s.best_trial_id == "m" and s.metrics["best_minus_baseline"] == pytest.approx(0.93 - 0.91)
