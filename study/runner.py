@@ -57,7 +57,11 @@ def resume_study(study_dir: str | Path, verbose: int = 0, out=None) -> Outcome:
 
 
 def wrap_up(study: records.Study, results) -> Outcome:
-    """The best trial's weights (when asked), the answer against the baseline, the parent run closed."""
+    """The Optuna study tidied, the best trial's weights (when asked), the answer against the baseline, the
+    parent run closed."""
+    from study.search import close_orphaned_proposals
+
+    close_orphaned_proposals(study.dir, study.config.name)   # proposals a killed driver never trained
     if study.config.checkpoint_policy() == "best":
         from study.tracking import log_best_weights
 

@@ -87,13 +87,10 @@ class StudySearcher(Searcher):
     """
 
     def __init__(self, planned: list[dict[str, Any]], optuna=None, num_samples: int = 0, seeds: list[int] = (),
-                 top_k: int = 0, confirm_seeds: list[int] = (), metric: str = "val_acc", mode: str = "max",
-                 optuna_study: tuple[str, str] | None = None):
+                 top_k: int = 0, confirm_seeds: list[int] = (), metric: str = "val_acc", mode: str = "max"):
         super().__init__(metric=metric, mode=mode)
         self.planned, self.optuna, self.to_sample, self.seeds = list(planned), optuna, num_samples, list(seeds)
         self.top_k, self.confirm_seeds = top_k, list(confirm_seeds)
-        self.optuna_study = optuna_study  # (journal file, study name): interrupted proposals are closed on restore
-        self.asked = 0  # Optuna trials asked for, in order (Optuna numbers its trials 0, 1, ...)
         self.from_optuna: set[str] = set()
         self.open_search: dict[str, dict[str, Any]] = {}  # search trial id -> its point, until it ends
         self.ended_search: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -106,7 +103,7 @@ class StudySearcher(Searcher):
         return StudySearcher(planned, optuna_searcher(cfg, study_dir) if sampled else None,
                              cfg.num_samples if sampled else 0, cfg.seeds,
                              cfg.confirm.top_k if cfg.confirming() else 0, cfg.confirm.seeds, cfg.metric.name,
-                             cfg.metric.mode, (str(study_dir / OPTUNA_FILE), cfg.name) if sampled else None)
+                             cfg.metric.mode)
 
     def total(self) -> int:
         searched = self.to_sample + sum(p["role"] == "search" for p in self.planned)
@@ -121,7 +118,6 @@ class StudySearcher(Searcher):
         elif self.to_sample > 0:
             spec = trial_spec(self.optuna.suggest(trial_id), "search", self.seeds)
             self.to_sample -= 1
-            self.asked += 1
             self.from_optuna.add(trial_id)
         elif self.top_k and self.confirmations is None:
             if self.open_search:
@@ -163,24 +159,25 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             self.__dict__.update(pickle.load(fh))
-        self.close_interrupted_proposals()
 
-    def close_interrupted_proposals(self) -> None:
-        """Proposals Optuna made after the state Tune restored were never trained: mark them failed, so the
-        Optuna study holds exactly the trials the Tune experiment has (none left RUNNING)."""
-        if self.optuna_study is None or not Path(self.optuna_study[0]).is_file():
-            return
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
-        path, name = self.optuna_study
-        study = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(path)))
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if trial.number >= self.asked:
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        # Optuna numbers the failed proposals too: count them, or a second resume would fail live trials
-        self.asked = len(study.get_trials(deepcopy=False))
+def close_orphaned_proposals(study_dir: Path, study_name: str) -> int:
+    """Optuna proposals still RUNNING once Tune's run has ended were never trained: proposals made after the
+    searcher state a killed driver had saved. Marked failed here, at the end of the (resumed) run, and not on
+    restore: there, the journal can hold trials newer than the restored searcher state that Tune still resumes,
+    and failing them would make Optuna refuse their results. Returns how many were closed."""
+    path = Path(study_dir) / OPTUNA_FILE
+    if not path.is_file():
+        return 0
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name=study_name, storage=JournalStorage(JournalFileBackend(str(path))))
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)
 
 
 class StudyASHA(ASHAScheduler):
