@@ -8,6 +8,8 @@ config and budget), confirm (a top-k search configuration re-trained with seeds 
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import pickle
 from pathlib import Path
@@ -140,12 +142,14 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.from_optuna and not result.get("diverged"):
-            self.optuna.on_trial_result(trial_id, result)
+            with already_recorded_in_optuna():
+                self.optuna.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.from_optuna:
             diverged = bool(result and result.get("diverged"))
-            self.optuna.on_trial_complete(trial_id, result=None if diverged else result, error=error or diverged)
+            with already_recorded_in_optuna():
+                self.optuna.on_trial_complete(trial_id, result=None if diverged else result, error=error or diverged)
         if trial_id in self.open_search:
             point = self.open_search.pop(trial_id)
             value = (result or {}).get(self.metric)
@@ -159,6 +163,19 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             self.__dict__.update(pickle.load(fh))
+
+
+@contextlib.contextmanager
+def already_recorded_in_optuna():
+    """The Optuna journal is written as trials report, Tune's experiment snapshot a moment later: a driver
+    killed in between leaves a trial that Optuna holds as finished and Tune resumes from its checkpoint. Its
+    repeated reports are already in Optuna, which refuses them; the trial itself goes on under Tune."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        yield
+    except UpdateFinishedTrialError:
+        pass
 
 
 def close_orphaned_proposals(study_dir: Path, study_name: str) -> int:
