@@ -29,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from balancer_step_time import fixed_batches, sync  # noqa: E402
+from balancer_step_time import fixed_batches, sync, time_steps  # noqa: E402
 
 from trainables.config import build_trial_config  # noqa: E402
 from trainables.trainer import Trainer  # noqa: E402
@@ -59,17 +59,7 @@ def timed(trainer: Trainer, batches, warmup: int, steps: int, repeats: int) -> d
     trainer.train_step(*batches[0])
     sync(trainer.device)
     first = time.perf_counter() - start
-    for i in range(warmup):
-        trainer.train_step(*batches[i % len(batches)])
-    per_step = []
-    for _ in range(repeats):
-        sync(trainer.device)
-        start = time.perf_counter()
-        for i in range(steps):
-            trainer.train_step(*batches[i % len(batches)])
-        sync(trainer.device)
-        per_step.append((time.perf_counter() - start) / steps)
-    seconds = statistics.median(per_step)
+    seconds = time_steps(trainer, batches, warmup, steps, repeats)  # the step-time benchmark's own loop
     return {"ms_per_step": 1000 * seconds, "samples_per_s": args_batch(batches) / seconds,
             "first_step_extra_s": max(first - seconds, 0.0)}
 
