@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -129,7 +130,7 @@ class Trainer:
             model=self.model, optimizer=self.optimizer, modalities=self.modalities,
             num_classes=self.data.num_classes, num_epochs=cfg.epochs, steps_per_epoch=steps,
             loss_setting=cfg.loss_setting, device=self.device, train_loader=self._train_loader(0),
-            model_input=self._to_device, holdout_loader=None if holdout is None else
+            model_input=self._to_device, optimize=self.optimize, autocast=self.precision.autocast, holdout_loader=None if holdout is None else
             DataLoader(holdout, batch_size=2 * o.batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin),
         )
         probe_inputs, probe_labels = next(iter(DataLoader(self.data.val, batch_size=min(64, len(self.data.val)))))
@@ -158,6 +159,14 @@ class Trainer:
         s.inputs, s.labels = self._to_device(inputs), labels.to(self.device)
         s.targets, s.unimodal_targets, s.loss_terms = [(1.0, s.labels)], {}, {}
         b.on_batch_start(s)
+        loss = b.train_step(s, self.joint_step)  # the joint step below, or a method's own sub-steps
+        b.after_step(s)
+        s.step += 1
+        return loss
+
+    def joint_step(self) -> float:
+        """Forward all modalities, the loss, one backward and one optimizer step, with the events between."""
+        s, b = self.state, self.balancer
         with self.precision.autocast():  # forward and loss only; backward and after_backward hooks run in fp32
             s.features = b.transform_features(self.model.encode(s.inputs), training=True)
             b.after_encode(s)
@@ -174,14 +183,19 @@ class Trainer:
         if not torch.isfinite(s.loss):
             raise TrialDiverged(f"loss is {float(s.loss.detach())} at epoch {s.epoch + 1}, step {s.step}")
         total = s.loss + (sum(uni.values()) if probe_only and self.model.unimodal_head == "separate" else 0.0)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.precision.backward(total)
-        if self.precision.unscale(self.optimizer):  # False: an fp16 overflow step, skipped by the GradScaler
-            b.after_backward(s)  # balancers may change gradients
-        self.precision.step(self.optimizer)
-        b.after_step(s)
-        s.step += 1
+        self.optimize(total, lambda: b.after_backward(s))  # balancers may change gradients
         return float(s.loss.detach())
+
+    def optimize(self, loss: torch.Tensor, modify_gradients: Callable[[], None] | None = None) -> None:
+        """One optimizer update from `loss`: the joint step's, or each sub-step of a balancer that updates
+        several times per batch (`Balancer.train_step`), so precision scaling works the same for both."""
+        if not torch.isfinite(loss):
+            raise TrialDiverged(f"loss is {float(loss.detach())} at epoch {self.state.epoch + 1}, step {self.state.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(loss)
+        if self.precision.unscale(self.optimizer) and modify_gradients is not None:
+            modify_gradients()  # skipped on an fp16 overflow step, which the GradScaler skips too
+        self.precision.step(self.optimizer)
 
     def train_epoch(self) -> dict[str, Any]:
         start = time.perf_counter()
@@ -234,9 +248,9 @@ class Trainer:
         for inputs, y in self.eval_loaders[split]:
             with self.precision.autocast():
                 feats = self.balancer.transform_features(self.model.encode(self._to_device(inputs)), training=False)
-                fused.append(self.model.fuse(feats).argmax(1).cpu())
-                if coalitions is not None:  # the fused head with modalities masked: Shapley contributions
-                    coalitions.add(self.model.fuse, feats, y)
+                fused.append(self.balancer.predict_logits(self.model, feats).argmax(1).cpu())
+                if coalitions is not None:  # the prediction with modalities masked: Shapley contributions
+                    coalitions.add(partial(self.balancer.predict_logits, self.model), feats, y)
                 for m, logits in self.model.unimodal_logits(feats).items():
                     uni[m].append(logits.argmax(1).cpu())
             labels.append(y)

@@ -36,6 +36,11 @@ class State:
     # A loader batch as the model takes it (on the device, float, normalised): the one input path, so a
     # balancer that reads batches itself (e.g. B-MM's epoch-end scores) sees exactly what the model trains on.
     model_input: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    # For a balancer's own sub-steps (`Balancer.train_step`): one optimizer update from a loss, with an
+    # optional gradient edit between backward and step (`optimize(loss, modify_gradients)`), and the
+    # trial's precision context for forward passes (`with state.autocast(): ...`).
+    optimize: Callable[..., None] | None = None
+    autocast: Callable[[], Any] | None = None
     epoch: int = 0  # 0-based
     step: int = 0  # global optimisation step, 0-based
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -100,10 +105,24 @@ class Balancer:
     def transform_features(self, feats: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
         return feats
 
+    def predict_logits(self, model: nn.Module, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Evaluation: the logits the prediction is taken from (the fused head; MLA weighs its modalities'
+        outputs instead)."""
+        return model.fuse(feats)
+
     # --- events, in the order the trainer fires them ---
     def on_fit_start(self, state: State) -> None: ...
     def on_epoch_start(self, state: State) -> None: ...
     def on_batch_start(self, state: State) -> None: ...
+
+    def train_step(self, state: State, joint_step: Callable[[], float]) -> float:
+        """One batch's updates; returns its training loss. Default: the trainer's joint step (forward,
+        `after_encode`, `after_loss`, one backward, `after_backward`, one optimizer step). A method that
+        updates the model several times per batch (alternating modalities: MLA, ReconBoost) overrides this
+        with its own sub-steps, each through `state.optimize(loss, modify_gradients)`."""
+        return joint_step()
+
+    # fired by the joint step only:
     def after_encode(self, state: State) -> None: ...
     def after_loss(self, state: State) -> None: ...
     def after_backward(self, state: State) -> None: ...
