@@ -94,6 +94,7 @@ def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
         row: dict[str, Any] = {
             "trial_id": tags.get("mmstudy.trial_id"), "run_id": run.info.run_id,
             "role": tags.get("mmstudy.role"), "confirms": tags.get("mmstudy.confirms"),
+            "method": tags.get("mmstudy.method"),
             "status": tags.get("mmstudy.status", run.info.status.lower()),
             "status_reason": tags.get("mmstudy.status_reason", ""),
             "seeds": seeds, "num_seeds": len(seeds),

@@ -78,6 +78,13 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     config = attrs["config"]
     space = load_space(config.get("search_space"))
     metrics, modes = study_metric(config)
+    command = command or "mmstudy report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if config.get("mode") == "benchmark":  # Table I of the tuned methods, their tuning cost, accuracy vs gap
+        from analysis.benchmark import benchmark_report
+
+        written, summary = benchmark_report(trials, out, counts, command, metrics[0], modes[0])
+        log_report(attrs, out, log_to_mlflow)
+        return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
     summary = study_summary(trials, metrics[0], modes[0])
     written: list[str] = []
 
@@ -106,16 +113,20 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     written += _save(importance_figure(importances, f"{name}: importance for {target} (Optuna fANOVA)"),
                      out, "importance")
 
-    command = command or "mmstudy report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     (out / "report.md").write_text(render_markdown(name, config, counts, table, written, importances, command, attrs,
                                                    summary, metrics, modes))
     written.append("report.md")
+    log_report(attrs, out, log_to_mlflow)
+    return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
+
+
+def log_report(attrs: dict[str, Any], out: Path, log_to_mlflow: bool = True) -> None:
+    """The report folder as the parent run's `report/` artifacts (a warning, not a failure, when MLflow is down)."""
     if log_to_mlflow:
         try:
             MlflowClient(tracking_uri=attrs["tracking_uri"]).log_artifacts(attrs["parent_run_id"], str(out), "report")
         except Exception as err:  # noqa: BLE001
             print(f"mmstudy: warning: report written to {out} but not logged to MLflow ({str(err).splitlines()[0][:200]})")
-    return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
 
 
 def render_markdown(name, config, counts, table, written, importances, command, attrs, summary, metrics, modes) -> str:

@@ -78,7 +78,7 @@ class ConfirmConfig(Strict):
 
 class StudyConfig(Strict):
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    mode: Literal["search", "sensitivity", "compare"] = "search"
+    mode: Literal["search", "sensitivity", "compare", "benchmark"] = "search"
     trial: dict[str, Any] = Field(default_factory=dict, description="the base trial config")
     loss_settings: list[Literal["multimodal", "multimodal+unimodal"]] = Field(
         default_factory=lambda: ["multimodal"], min_length=1)
@@ -105,9 +105,14 @@ class StudyConfig(Strict):
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="compare mode: named trial overrides (e.g. methods), run x loss_settings")
+    methods: list[str | dict[str, Any]] = Field(
+        default_factory=list, description="benchmark mode: balancer names, or name: {fixed fields}; each searches "
+        "its own space with num_samples trials (study/methods.py)")
+    equivalence_margin: float = Field(1.0, gt=0, le=100, description="TOST margin in accuracy points (benchmark report)")
 
     _space: SearchSpace = PrivateAttr()
     _trial: TrialConfig = PrivateAttr()
+    _methods: list = PrivateAttr(default_factory=list)
 
     _seeds = field_validator("seeds")(lambda cls, s: _distinct(s))
 
@@ -144,6 +149,10 @@ class StudyConfig(Strict):
                     raise ConfigError(f"variants.{point['sweep_value']}: {err}") from None
         elif self.mode == "sensitivity":
             sensitivity_points(space, base, self.sensitivity.params, self.loss_settings)
+        elif self.mode == "benchmark":
+            self._methods = benchmark_methods(self)
+        elif self.methods:
+            raise ConfigError("methods: only for mode: benchmark (compare mode names variants)")
         elif self.searcher == "grid":
             if not grid_points(space, base):
                 raise ConfigError("search_space: the grid has no point that meets the constraints")
@@ -185,7 +194,11 @@ class StudyConfig(Strict):
         return self.baseline.enabled if self.baseline.enabled is not None else self.mode != "compare"
 
     def confirming(self) -> bool:
-        return self.mode == "search" and self.confirm.top_k > 0
+        return self.mode in ("search", "benchmark") and self.confirm.top_k > 0
+
+    def methods_resolved(self) -> list:
+        """Benchmark mode: the validated methods (study.methods.Method), in the config's order."""
+        return self._methods
 
     def checkpoint_policy(self) -> str:
         if self.log_checkpoint is not None:
@@ -226,6 +239,24 @@ def load_study_config(path: str | None, overrides: list[str] | None = None, raw:
         return StudyConfig(**raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model=StudyConfig)) from None
+
+
+def benchmark_methods(cfg: StudyConfig) -> list:
+    """Benchmark mode: the trial and study fields it needs, then every method (study.methods)."""
+    from study.methods import resolve_methods
+
+    if cfg.search_space:  # (the snapshot keeps an empty mapping)
+        raise ConfigError("search_space: benchmark mode searches each method's own space; remove search_space")
+    if "balancer" in cfg.trial:
+        raise ConfigError("trial.balancer: benchmark mode sets the balancer per method; give fixed fields in "
+                          "methods (e.g. - redreg: {variant: code})")
+    if cfg.searcher == "grid":
+        raise ConfigError("searcher: benchmark mode samples with Optuna; allowed: tpe, random, cmaes")
+    if len(cfg.loss_settings) > 1:
+        raise ConfigError("loss_settings: benchmark mode takes one loss setting (run one benchmark per setting)")
+    if cfg.variants:
+        raise ConfigError("variants: only for mode: compare (benchmark mode lists methods)")
+    return resolve_methods(cfg.methods, cfg.base_trial())
 
 
 def compare_points(cfg: StudyConfig) -> list[dict[str, Any]]:

@@ -61,7 +61,12 @@ def wrap_up(study: records.Study, results) -> Outcome:
     parent run closed."""
     from study.search import close_orphaned_proposals
 
-    close_orphaned_proposals(study.dir, study.config.name)   # proposals a killed driver never trained
+    if study.config.mode == "benchmark":
+        from study.benchmark import close_orphans
+
+        close_orphans(study.config, study.dir)               # each method's proposals a killed driver never trained
+    else:
+        close_orphaned_proposals(study.dir, study.config.name)
     if study.config.checkpoint_policy() == "best":
         from study.tracking import log_best_weights
 
@@ -94,17 +99,24 @@ def trainable_for(cfg: StudyConfig):
 
 
 def study_searcher(study: records.Study):
+    """The study's one searcher; a benchmark's interleaves one Optuna study per method (study.benchmark)."""
     from study.search import StudySearcher
 
+    if study.config.mode == "benchmark":
+        from study.benchmark import BenchmarkSearcher
+
+        return BenchmarkSearcher.for_study(study.config, study.dir)
     return StudySearcher.for_study(study.config, study.dir)
 
 
 def tune_config(study: records.Study, searcher):
-    from study.search import TrialName, scheduler_for
+    from study import benchmark, search
 
     cfg = study.config
+    scheduler = (benchmark if cfg.mode == "benchmark" else search).scheduler_for(cfg)  # a benchmark: ASHA per method
+    TrialName = search.TrialName
     return tune().TuneConfig(metric=cfg.metric.name, mode=cfg.metric.mode, search_alg=searcher,
-                             scheduler=scheduler_for(cfg), num_samples=searcher.total(),
+                             scheduler=scheduler, num_samples=searcher.total(),
                              max_concurrent_trials=cfg.max_concurrent, reuse_actors=True,
                              trial_name_creator=TrialName(cfg.name), trial_dirname_creator=TrialName(cfg.name, "_"))
 
@@ -170,6 +182,10 @@ def summarize(study: records.Study):
         from analysis.summary import study_summary
 
         cfg = study.config
+        if cfg.mode == "benchmark":
+            from analysis.benchmark import benchmark_summary
+
+            return benchmark_summary(load_study(str(study.dir)))
         return study_summary(load_study(str(study.dir)), cfg.metric.name, cfg.metric.mode)
     except Exception as err:  # noqa: BLE001 -- a summary that cannot be computed must not fail a finished study
         print(f"mmstudy: warning: no summary ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); "

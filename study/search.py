@@ -58,9 +58,10 @@ def planned_trials(cfg: StudyConfig) -> list[dict[str, Any]]:
     return planned
 
 
-def optuna_searcher(cfg: StudyConfig, study_dir: Path):
+def optuna_searcher(cfg: StudyConfig, study_dir: Path, space=None, base=None, study_name: str | None = None):
     """Ray's OptunaSearch on a journal file in the study folder (`optuna.load_study` and optuna-dashboard open
-    it); several loss settings in one search become one more categorical."""
+    it); several loss settings in one search become one more categorical. A benchmark gives each method its
+    own `space`, `base` trial and `study_name` (one Optuna study per method in the same journal)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -74,8 +75,9 @@ def optuna_searcher(cfg: StudyConfig, study_dir: Path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     extra = {"loss_setting": list(cfg.loss_settings)} if len(cfg.loss_settings) > 1 else None
     storage = JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
-    return OptunaSearch(space=define_by_run(cfg.space(), cfg.base_trial(), extra), metric=cfg.metric.name,
-                        mode=cfg.metric.mode, sampler=samplers[cfg.searcher](), storage=storage, study_name=cfg.name)
+    return OptunaSearch(space=define_by_run(space or cfg.space(), base or cfg.base_trial(), extra),
+                        metric=cfg.metric.name, mode=cfg.metric.mode, sampler=samplers[cfg.searcher](),
+                        storage=storage, study_name=study_name or cfg.name)
 
 
 class StudySearcher(Searcher):

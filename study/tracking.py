@@ -142,6 +142,8 @@ class TrialWriter:
             tags.update({f"mmstudy.{k}": str(v) for k, v in spec["point"].items() if k.startswith("sweep_")})
             if "confirms" in spec:
                 tags["mmstudy.confirms"] = spec["confirms"]
+            if "method" in spec:  # benchmark mode: which method's search or confirmation this trial is
+                tags["mmstudy.method"] = spec["method"]
             run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
             params = params_of(resolved)
             params["seeds"] = json.dumps(spec["seeds"])

@@ -1,0 +1,223 @@
+"""Benchmark mode: config validation, the interleaving searcher (real Optuna), and one tiny real study
+(Ray Tune + Optuna + MLflow) with its report."""
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.config import load_study_config
+from trainables.errors import ConfigError
+
+TINY_TRIAL = {"epochs": 3, "dataset": {"name": "synthetic", "size": "tiny", "n_train": 96, "n_val": 48, "n_test": 48},
+              "model": {"feature_dim": 8}, "optim": {"batch_size": 32}}
+
+
+def bench_raw(tmp_path, name="bench", **extra):
+    raw = {"name": name, "mode": "benchmark", "methods": ["none", "ogm_ge"], "trial": TINY_TRIAL,
+           "storage_path": str(tmp_path / "runs"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+           "num_samples": 2, "max_concurrent": 2, "seeds": [0], "asha": {"grace_period": 1, "reduction_factor": 2},
+           "confirm": {"top_k": 1, "seeds": [7, 8]}}
+    raw.update(extra)
+    return raw
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_methods_resolve_to_labels_points_and_their_own_spaces(tmp_path):
+    cfg = load_study_config(None, raw=bench_raw(tmp_path, methods=[
+        "none", {"redreg": {"variant": "code", "gamma": 0.6}}, {"none": {"optim.lr": 0.05}}]))
+    methods = {m.label: m for m in cfg.methods_resolved()}
+    assert list(methods) == ["none", "redreg (variant=code, gamma=0.6)", "none (optim.lr=0.05)"]
+    redreg = methods["redreg (variant=code, gamma=0.6)"]
+    assert redreg.point == {"balancer.name": "redreg", "balancer.variant": "code", "balancer.gamma": 0.6}
+    assert "balancer.gamma" not in redreg.space.params and "balancer.tau_min" in redreg.space.params  # pinned
+    assert methods["none"].searched and list(methods["none"].space.params) == ["optim.lr"]
+    assert not methods["none (optim.lr=0.05)"].searched  # nothing left to sample: a fixed configuration
+    assert cfg.confirming() and cfg.has_baseline() and cfg.baseline_seeds() == [7, 8, 9]
+    assert cfg.equivalence_margin == 1.0
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"methods": ["nope"]}, "methods: unknown method 'nope'; allowed: agm, arl, "),
+    ({"methods": []}, "methods: benchmark mode needs at least one method; allowed: "),
+    ({"methods": ["none", "none"]}, "methods: 'none' is listed twice"),
+    ({"methods": [{"redreg": {"variant": "code"}}, {"redreg": {"variant": "code"}}]},
+     "methods: 'redreg (variant=code)' is listed twice"),
+    ({"methods": [{"redreg": {"gama": 1}}]}, "methods.redreg (gama=1): balancer.gama: unknown key; did you mean"),
+    ({"methods": [{"a": {}, "b": {}}]}, "methods: each item is a balancer name or a one-key mapping"),
+    ({"search_space": "redreg"}, "search_space: benchmark mode searches each method's own space"),
+    ({"trial": dict(TINY_TRIAL, balancer={"name": "redreg"})}, "trial.balancer: benchmark mode sets the balancer"),
+    ({"searcher": "grid"}, "searcher: benchmark mode samples with Optuna"),
+    ({"loss_settings": ["multimodal", "multimodal+unimodal"]}, "loss_settings: benchmark mode takes one"),
+    ({"mode": "search", "search_space": "redreg"}, "methods: only for mode: benchmark"),
+    ({"confirm": {"top_k": 1, "seeds": [0, 7]}}, "confirm.seeds: must be seeds the search never saw"),
+    ({"equivalence_margin": 0}, "equivalence_margin: Input should be greater than 0"),
+])
+def test_bad_benchmark_config_is_one_line_naming_the_field(tmp_path, extra, expected):
+    with pytest.raises(ConfigError) as err:
+        load_study_config(None, raw=bench_raw(tmp_path, **extra))
+    assert str(err.value).startswith(expected), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the searcher (real Optuna)
+
+
+def _drive(searcher, ids, value_of, start=0, stop=None):
+    """Suggest and complete trials one at a time (as Tune does with max_concurrent 1); returns the specs."""
+    from ray.tune.search import Searcher
+
+    specs = []
+    for n in range(start, stop or 10_000):
+        spec = searcher.suggest(f"t{n}")
+        if spec == Searcher.FINISHED:
+            break
+        assert spec is not None, "nothing running, yet the searcher waits"
+        specs.append(spec)
+        ids.append(f"t{n}")
+        result = {"val_acc": value_of(spec), "training_iteration": 3}
+        searcher.on_trial_result(f"t{n}", result)
+        searcher.on_trial_complete(f"t{n}", result)
+    return specs
+
+
+def test_searcher_interleaves_methods_with_exact_budgets_and_survives_a_restore(tmp_path):
+    """3 trials per searched method handed out in turn, each method's best confirmed once, a fixed method
+    planned with the confirmation seeds; saving and restoring the searcher halfway changes nothing."""
+    import optuna
+
+    from study.benchmark import BenchmarkSearcher, optuna_study_name
+    from study.search import OPTUNA_FILE
+
+    cfg = load_study_config(None, raw=bench_raw(tmp_path, num_samples=3, methods=[
+        "none", "ogm_ge", {"none": {"optim.lr": 0.05}}]))
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    searcher = BenchmarkSearcher.for_study(cfg, study_dir)
+    assert searcher.total() == 1 + 1 + 2 * (3 + 1)
+    value_of = lambda spec: float(spec["point"].get("optim.lr", spec["point"].get("balancer.alpha", 0)))  # noqa: E731
+    ids: list[str] = []
+    first = _drive(searcher, ids, value_of, 0, 5)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = BenchmarkSearcher.for_study(cfg, study_dir)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    specs = first + _drive(restored, ids, value_of, 5)
+    assert len(specs) == searcher.total()
+    roles = [(s["role"], s.get("method")) for s in specs]
+    assert roles[:2] == [("baseline", None), ("confirm", "none (optim.lr=0.05)")]
+    assert specs[0]["seeds"] == [7, 8, 9] and specs[1]["seeds"] == [7, 8]
+    search = [s for s in specs if s["role"] == "search"]
+    assert [s["method"] for s in search] == ["none", "ogm_ge"] * 3  # interleaved, not one method after another
+    assert Counter(s["method"] for s in search) == {"none": 3, "ogm_ge": 3}
+    for s in search:
+        assert s["point"]["balancer.name"] == s["method"] and s["seeds"] == [0]
+    confirms = [s for s in specs if s["role"] == "confirm" and "confirms" in s]
+    assert sorted(s["method"] for s in confirms) == ["none", "ogm_ge"]
+    for c in confirms:  # the method's best by the study metric (here: its sampled value), fresh seeds
+        mine = [(value_of(s), i) for s, i in zip(specs, ids) if s["role"] == "search" and s["method"] == c["method"]]
+        assert c["confirms"] == max(mine)[1] and c["seeds"] == [7, 8]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(study_dir / OPTUNA_FILE)))
+    for label in ("none", "ogm_ge"):
+        trials = optuna.load_study(study_name=optuna_study_name(cfg.name, label), storage=storage).trials
+        assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+
+
+def test_method_asha_compares_a_trial_only_with_its_own_method(tmp_path):
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from study.benchmark import MethodASHA
+
+    asha = MethodASHA(time_attr="training_iteration", max_t=4, grace_period=1, reduction_factor=2)
+    asha.set_search_properties("val_acc", "max")
+
+    def trial(tid, method):
+        return SimpleNamespace(trial_id=tid, config={"role": "search", "method": method})
+
+    good_a, weak_b = trial("a1", "a"), trial("b1", "b")
+    for t in (good_a, weak_b):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, good_a, {"training_iteration": 1, "val_acc": 0.9}) == TrialScheduler.CONTINUE
+    # b's first trial at its first rung meets no rival of its own method, however weak it is next to a's
+    assert asha.on_trial_result(None, weak_b, {"training_iteration": 1, "val_acc": 0.1}) == TrialScheduler.CONTINUE
+    weak_a = trial("a2", "a")
+    asha.on_trial_add(None, weak_a)
+    assert asha.on_trial_result(None, weak_a, {"training_iteration": 1, "val_acc": 0.1}) == TrialScheduler.STOP
+    assert set(asha.by_method) == {"a", "b"}
+
+
+# ----------------------------------------------------------------------------- one real study
+
+
+@pytest.mark.integration
+def test_two_method_benchmark_runs_as_one_study_with_equal_budgets(tmp_path, ray_local):
+    """none + ogm_ge, 2 search trials each, in one Tune run: the same budget per method, one baseline, one
+    confirmation per method with fresh seeds, every run tagged with its method, the report's files; a resume
+    of the finished study adds no trial."""
+    import optuna
+
+    from analysis.report import build_report
+    from study.benchmark import optuna_study_name
+    from study.runner import resume_study, run_study
+
+    cfg = load_study_config(None, raw=bench_raw(tmp_path))
+    outcome = run_study(cfg)
+    assert len(outcome.results) == 1 + 2 * 2 + 2 and not outcome.results.errors
+    client = MlflowClient(cfg.resolved_tracking_uri())
+    info = json.loads((cfg.study_dir() / "study.json").read_text())
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.data.tags["mmstudy.mode"] == "benchmark"
+    assert parent.data.tags["mlflow.note.content"] == outcome.summary.text
+    assert outcome.summary.text.startswith("**Result.**") and "beats joint training beyond noise" in outcome.summary.text \
+        or "beat joint training beyond noise" in outcome.summary.text
+
+    def runs():
+        return client.search_runs([info["experiment_id"]],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{info['parent_run_id']}'")
+
+    counted = Counter((r.data.tags["mmstudy.role"], r.data.tags.get("mmstudy.method")) for r in runs())
+    assert counted == {("baseline", None): 1, ("search", "none"): 2, ("search", "ogm_ge"): 2,
+                       ("confirm", "none"): 1, ("confirm", "ogm_ge"): 1}
+    by_id = {r.data.tags["mmstudy.trial_id"]: r for r in runs()}
+    for run in by_id.values():
+        tags, params = run.data.tags, run.data.params
+        if tags["mmstudy.role"] == "baseline":
+            assert params["balancer.name"] == "none" and json.loads(tags["mmstudy.seeds"]) == [7, 8, 9]
+            continue
+        assert params["balancer.name"] == tags["mmstudy.method"]
+        if tags["mmstudy.role"] == "confirm":
+            twin = by_id[tags["mmstudy.confirms"]]
+            assert twin.data.tags["mmstudy.method"] == tags["mmstudy.method"]
+            assert json.loads(tags["mmstudy.point"]) == json.loads(twin.data.tags["mmstudy.point"])
+            assert json.loads(tags["mmstudy.seeds"]) == [7, 8]
+            rivals = [r for r in by_id.values() if r.data.tags.get("mmstudy.method") == tags["mmstudy.method"]
+                      and r.data.tags["mmstudy.role"] == "search"]
+            assert twin.data.metrics["val_acc"] == max(r.data.metrics["val_acc"] for r in rivals)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(cfg.study_dir() / "optuna.journal")))
+    for label in ("none", "ogm_ge"):
+        study = optuna.load_study(study_name=optuna_study_name("bench", label), storage=storage)
+        assert len(study.trials) == 2 and "RUNNING" not in {t.state.name for t in study.trials}
+
+    out = build_report(str(cfg.study_dir()), str(tmp_path / "report"), command="mmstudy report bench")
+    for name in ("report.md", "benchmark.md", "benchmark.csv", "tuning_cost.csv", "accuracy_vs_gap.png"):
+        assert name in out["files"] and (tmp_path / "report" / name).is_file()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert report.splitlines()[2] == out["summary"].text
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "report" / "benchmark.csv")
+    assert list(table["method"]) == ["joint training (baseline)", "none", "ogm_ge"]
+    assert list(table["n"]) == [3, 2, 2] and table["f1"].notna().all() and table["gap"].notna().all()
+    assert {"shapley_audio", "shapley_visual", "p_holm", "verdict"} <= set(table.columns)
+    cost = pd.read_csv(tmp_path / "report" / "tuning_cost.csv")
+    assert list(cost["search_trials"]) == [2, 2] and (cost["search_hours"] > 0).all() and (cost["unit"] == "CPU-h").all()
+    assert (cost["search_trial_epochs"] <= 2 * 3).all() and list(cost["confirm_seed_epochs"]) == [6, 6]
+
+    again = resume_study(cfg.study_dir())
+    assert len(again.results) == 7
+    assert Counter((r.data.tags["mmstudy.role"], r.data.tags.get("mmstudy.method")) for r in runs()) == counted
