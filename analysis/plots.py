@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from analysis.stats import SeedSummary, seed_summary  # noqa: E402
 from analysis.tables import baseline_for, finished, roles, seed_stats  # noqa: E402
 from search_spaces import SearchSpace  # noqa: E402
+from study.ranking import pareto_front, rank_column  # noqa: E402
 
 SETTING_STYLE = {"multimodal": ("tab:blue", "o", "multimodal loss"),
                  "multimodal+unimodal": ("tab:red", "s", "multimodal + unimodal loss (*)")}
@@ -149,19 +150,9 @@ def importance_figure(importances: dict[str, float], title: str):
     return fig
 
 
-def pareto_front(points: np.ndarray, modes: list[str]) -> np.ndarray:
-    """Indices of the non-dominated rows of `points` (one column per objective, each maximised or minimised)."""
-    signed = points * np.array([1.0 if m == "max" else -1.0 for m in modes])
-    keep = [i for i, p in enumerate(signed)
-            if not any(np.all(q >= p) and np.any(q > p) for j, q in enumerate(signed) if j != i)]
-    return np.array(keep, dtype=int)
-
-
 def pareto_figure(trials: pd.DataFrame, metrics: list[str], modes: list[str], study: str):
     """A two-objective study: every finished trial at its selected epoch, the Pareto front, and joint
     training (the baseline) marked with its 95 % CIs."""
-    from analysis.tables import rank_column
-
     done = finished(trials)
     cols = [rank_column(done, m) for m in metrics[:2]]
     if len(cols) < 2 or any(c not in done for c in cols):

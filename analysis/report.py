@@ -85,14 +85,14 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
         written, summary = benchmark_report(trials, out, counts, command, metrics[0], modes[0])
         log_report(attrs, out, log_to_mlflow)
         return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
-    summary = study_summary(trials, metrics[0], modes[0])
+    summary = study_summary(trials, metrics, modes)  # the one ranking rule; its best is the first metric's
     written: list[str] = []
 
     if len(metrics) > 1:
         written += _save(pareto_figure(trials, metrics, modes, name), out, "pareto", pdf=True)
     written += _save(sensitivity_figure(trials, space, name), out, "sensitivity", pdf=True)
 
-    table = comparison_table(trials, order=list((config.get("variants") or {}).keys()), metric=metrics[0], mode=modes[0])
+    table = comparison_table(trials, order=list((config.get("variants") or {}).keys()), metric=metrics, mode=modes)
     table.to_csv(out / "comparison.csv", index=False)
     (out / "comparison.md").write_text(to_markdown(table))
     written += ["comparison.csv", "comparison.md"]
@@ -133,17 +133,22 @@ def render_markdown(name, config, counts, table, written, importances, command, 
     objective = ", ".join(f"`{m}` ({o})" for m, o in zip(metrics, modes))
     lines = [f"# Study report: {name}", "", summary.text, "",
              f"Produced by: `{command}`", "",
-             f"Trials are ranked by {objective} on the validation split; every number is a test metric at each "
+             f"Trials are ranked by {objective} on the validation split, at each trial's best validation epoch "
+             "(trials that ran every epoch before those ASHA stopped early"
+             + ("; several metrics: Pareto fronts first, each in the order of the first metric, which also picks "
+                "the best" if len(metrics) > 1 else "") + "); every number is a test metric at each "
              "seed's best validation epoch, in percent: mean ± sample std [95 % t-interval] over the trial's seeds "
              "(n seeds; one seed shows no spread). Δ vs joint: the difference to the joint-training baseline of the "
-             "same loss setting, Welch's 95 % interval, Welch's test Holm-corrected over the configurations compared "
-             "with that baseline; \"within noise\" when the interval covers 0. Verdict: TOST equivalence at ±1 point "
+             "same loss setting, Welch's 95 % interval, Welch's test Holm-corrected over every finished trial compared "
+             "with that baseline (shown in the table or not); \"within noise\" when the interval covers 0. Verdict: TOST equivalence at ±1 point "
              "first, then the sign of a significant difference, else inconclusive.", "",
              "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
              (" — the study is still running; this report covers what has finished." if counts.get("running") else ""),
              ""]
     if "pareto.png" in written:
-        lines += ["## Pareto front (multi-objective search)", "", "![pareto](pareto.png)", ""]
+        lines += ["## Pareto front (multi-objective search)", "", "![pareto](pareto.png)", "",
+                  "Each trial at its selected (best validation) epoch; the red line joins the non-dominated trials; "
+                  "the star is joint training, the mean over its seeds with 95 % t-interval bars.", ""]
     if "sensitivity.png" in written:
         lines += ["## Sensitivity (RedReg Fig. 4/5 style)", "", "![sensitivity](sensitivity.png)", ""]
     else:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
 from analysis.stats import Difference, SeedSummary, compare_to_baseline
-from analysis.tables import baseline_for, finished, rank_column, roles, seed_stats, seed_values, trial_label
+from analysis.tables import finished, holm_family, rank_column, ranked, roles, seed_stats, seed_values, trial_label
 
 LOSS_NAMES = {"multimodal": "multimodal loss", "multimodal+unimodal": "multimodal + unimodal loss (*)"}
 
@@ -26,10 +25,6 @@ class StudySummary:
     best_trial_id: str | None = None
     baseline_trial_id: str | None = None
     confirmed: bool = False
-
-
-def _first(value: Any) -> Any:
-    return value[0] if isinstance(value, (list, tuple)) else value
 
 
 def candidates(done: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
@@ -46,26 +41,20 @@ def candidates(done: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     return pool, False
 
 
-def rank(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """Trials best first by the study's metric at their selected epoch (NaN last)."""
-    col = rank_column(frame, metric)
-    if col not in frame:
-        return frame
-    return frame.sort_values(col, ascending=(mode == "min"), na_position="last")
-
-
-def study_summary(trials: pd.DataFrame, metric: str, mode: str) -> StudySummary:
-    """The report's first paragraph and the parent run's metrics (see the module docstring)."""
-    metric, mode = _first(metric), _first(mode)
+def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | list[str]) -> StudySummary:
+    """The report's first paragraph and the parent run's metrics (see the module docstring). The best is the
+    top of the study's one ranking (`study.ranking.rank_trials`); with several metrics that is the best by the
+    first (primary) metric."""
     config = trials.attrs.get("config") or {}
     done = finished(trials)
     pool, confirmed = candidates(done)
     if pool.empty:
         return StudySummary("**Result.** No trial has finished yet; nothing to compare.")
-    col = rank_column(pool, metric)
-    ranked = rank(pool, metric, mode)
-    best = ranked.iloc[0]
-    base = baseline_for(done, best.get("loss_setting"))
+    first_metric = metric if isinstance(metric, str) else metric[0]
+    first_mode = mode if isinstance(mode, str) else mode[0]
+    col = rank_column(pool, first_metric)
+    best = ranked(pool, metric, mode).iloc[0]
+    base, family = holm_family(done, best.get("loss_setting"))
 
     acc, gap = seed_stats(best, "test_acc"), seed_stats(best, "test_gap")
     balancer = best.get("balancer") or "the study's method"
@@ -74,9 +63,9 @@ def study_summary(trials: pd.DataFrame, metric: str, mode: str) -> StudySummary:
     loss = LOSS_NAMES.get(best.get("loss_setting"), str(best.get("loss_setting")))
     if confirmed:
         which = (f"The best of the {len(pool)} configurations re-trained with fresh {seeds_text} (ranked by `{col}`, "
-                 f"{mode}, on validation)")
+                 f"{first_mode}, on validation)")
     else:
-        which = (f"The best configuration by `{col}` ({mode}), **not confirmed with fresh seeds** (the search's own "
+        which = (f"The best configuration by `{col}` ({first_mode}), **not confirmed with fresh seeds** (the search's own "
                  f"best epoch, an optimistic estimate),")
     lines = [f"**Result ({balancer}).** {which} is `{trial_label(best)}` with the {loss}: test accuracy {_pct(acc)}"]
     metrics: dict[str, float] = {"best_confirmed": float(confirmed)}
@@ -92,14 +81,15 @@ def study_summary(trials: pd.DataFrame, metric: str, mode: str) -> StudySummary:
     else:
         summary.baseline_trial_id = base.get("trial_id")
         b_acc, b_gap = seed_stats(base, "test_acc"), seed_stats(base, "test_gap")
-        same_pool = pool[pool["loss_setting"] == best.get("loss_setting")] if "loss_setting" in pool else pool
-        d_acc = _holm_for(same_pool, best, base, "test_acc")
-        d_gap = _holm_for(same_pool, best, base, "test_gap")
+        d_acc = _difference(family, best, base, "test_acc")
+        d_gap = _difference(holm_family(done, best.get("loss_setting"), "test_gap")[1], best, base, "test_gap")
         lines[0] += (f" against {_pct(b_acc)} for joint training (`none`, same trial settings): "
                      f"Δ = {d_acc.text()}{_verdict(d_acc)}. Modality gap (max − min unimodal test accuracy): "
                      f"{_pct(gap)} against {_pct(b_gap)}: Δ = {d_gap.text()}.")
-        if len(same_pool) > 1 and d_acc.p is not None:
-            lines.append(f"p-values are Holm-corrected over the {len(same_pool)} configurations compared with the baseline.")
+        tested = sum(d.p is not None for d in family.values())
+        if tested > 1 and d_acc.p is not None:
+            lines.append(f"p-values are Holm-corrected over the {tested} trials compared with this baseline (every "
+                         f"finished trial of its loss setting with two or more seeds, as in the comparison table).")
         _put(metrics, "baseline_test_acc", b_acc)
         _put(metrics, "baseline_test_gap", b_gap)
         _put_diff(metrics, "best_minus_baseline", d_acc)
@@ -110,13 +100,11 @@ def study_summary(trials: pd.DataFrame, metric: str, mode: str) -> StudySummary:
     return summary
 
 
-def _holm_for(pool: pd.DataFrame, best: pd.Series, base: pd.Series, key: str) -> Difference:
-    """The best's difference to the baseline, its p Holm-corrected over every candidate compared with it."""
-    others = [r for _, r in pool.iterrows() if r.get("trial_id") != base.get("trial_id")]
-    diffs = compare_to_baseline([seed_values(r, key) for r in others], seed_values(base, key))
-    for r, d in zip(others, diffs):
-        if r.get("trial_id") == best.get("trial_id"):
-            return d
+def _difference(family: dict, best: pd.Series, base: pd.Series, key: str) -> Difference:
+    """The best's difference to the baseline from the study's Holm family (`analysis.tables.holm_family`);
+    uncorrected only when the best is not in it (a comparison whose only method is joint training itself)."""
+    if best.get("trial_id") in family:
+        return family[best.get("trial_id")]
     return compare_to_baseline([seed_values(best, key)], seed_values(base, key))[0]
 
 

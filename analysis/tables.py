@@ -6,7 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.stats import SeedSummary, compare_to_baseline, seed_summary
+from analysis.stats import Difference, SeedSummary, compare_to_baseline, seed_summary
+from study.ranking import rank_column, rank_trials  # noqa: F401 -- rank_column: the report and figures import it here
 
 
 def modalities_of(trials: pd.DataFrame) -> list[str]:
@@ -14,12 +15,11 @@ def modalities_of(trials: pd.DataFrame) -> list[str]:
                   if c.startswith("best_test_acc_") and not c.endswith("_std") and "/" not in c)
 
 
-def rank_column(trials: pd.DataFrame, metric: str) -> str:
-    """The column that ranks trials by the study's metric: its value at each trial's selected (best
-    validation) epoch, `best_<metric>`, when the trials report it; else the metric as reported."""
-    if not metric.startswith("best_") and f"best_{metric}" in trials:
-        return f"best_{metric}"
-    return metric
+def ranked(trials: pd.DataFrame, metric: str | list[str], mode: str | list[str]) -> pd.DataFrame:
+    """`trials` best first by the study's one ranking rule (`study.ranking.rank_trials`), then the trials it
+    cannot rank (no value of the metric), in their recorded order."""
+    order = rank_trials(trials, metric, mode)
+    return pd.concat([order, trials.drop(order.index)]) if len(order) < len(trials) else order
 
 
 def roles(trials: pd.DataFrame) -> pd.Series:
@@ -117,23 +117,21 @@ def quantities(trials: pd.DataFrame) -> dict[str, str]:
 
 
 def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | None = None,
-                     metric: str = "val_acc", mode: str = "max") -> pd.DataFrame:
+                     metric: str | list[str] = "val_acc", mode: str | list[str] = "max") -> pd.DataFrame:
     """One row per finished trial: the baseline first, then confirmation trials, then the study's own trials
     (a search: its `top` best by the study's metric at the selected epoch; a grid: every point in the config's
     order). Every quantity is a test metric at each seed's best validation epoch: n, mean, sample std and
     95 % t-interval over the trial's seeds. `delta*` is the accuracy difference to joint training of the same
-    loss setting (Welch), p Holm-corrected over the rows compared with that baseline."""
+    loss setting (Welch), p Holm-corrected over `holm_family` (every trial compared with that baseline, shown or not)."""
     done = finished(trials).copy()
     if done.empty:
         return pd.DataFrame()
-    metric = metric if isinstance(metric, str) else metric[0]
-    mode = mode if isinstance(mode, str) else mode[0]
-    col = rank_column(done, metric)
+    col = rank_column(done, metric if isinstance(metric, str) else metric[0])
     done["_role"] = roles(done)
     head = done[done["_role"].isin(["baseline", "confirm"])]
     own = done[~done["_role"].isin(["baseline", "confirm"])]
     if own["sweep_param"].isna().all():  # a search: the best configurations by the study's metric
-        own = own.sort_values(col, ascending=(mode == "min"), na_position="last").head(top) if col in own else own.head(top)
+        own = ranked(own, metric, mode).head(top)
     else:  # a grid (sensitivity, comparison): every point, in the config's order within each loss setting
         rank = {name: i for i, name in enumerate(order or [])}
         own = own.assign(_rank=own["sweep_value"].map(lambda v: rank.get(v, len(rank))),
@@ -145,8 +143,9 @@ def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | Non
     settings = {s: i for i, s in enumerate(sorted(rows["loss_setting"].dropna().unique()))}  # multimodal first
     rows = rows.assign(_setting=rows["loss_setting"].map(settings),
                        _order=rows["_role"].map({"baseline": 0, "confirm": 1}).fillna(2), _pos=range(len(rows)))
-    if col in rows and not head.empty:  # confirmation trials best first
-        rows["_pos"] = rows["_pos"].where(rows["_role"] != "confirm", rows[col].rank(ascending=(mode == "min")))
+    if not head.empty:  # confirmation trials best first
+        best_first = {i: pos for pos, i in enumerate(ranked(rows[rows["_role"] == "confirm"], metric, mode).index)}
+        rows["_pos"] = rows["_pos"].where(rows["_role"] != "confirm", rows.index.map(best_first))
     rows = rows.sort_values(["_setting", "_order", "_pos"], kind="stable")
     qty = quantities(done)
     records = []
@@ -161,21 +160,39 @@ def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | Non
                 rec["n"] = s.n
         records.append(rec)
     out = pd.DataFrame(records)
-    _add_deltas(out, rows, done)
+    _add_deltas(out, done)
     return out
 
 
-def _add_deltas(out: pd.DataFrame, rows: pd.DataFrame, done: pd.DataFrame) -> None:
+def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc"
+                ) -> tuple[pd.Series | None, dict[Any, Difference]]:
+    """The one Holm family, shared by the table and the summary: every finished trial of `loss_setting`
+    compared with that setting's joint-training baseline -- the confirmations and the search's own trials,
+    shown in the table or not -- Welch tests Holm-corrected together (only tested comparisons, two seeds or
+    more a side, count). A row therefore shows one p-value wherever it appears, and a table cut to its top
+    rows corrects for every comparison the study made, not only those shown. Returns the baseline and
+    {trial_id: Difference} (empty without a baseline)."""
+    base = baseline_for(done, loss_setting)
+    if base is None:
+        return None, {}
+    setting = done["loss_setting"] if "loss_setting" in done else pd.Series(None, index=done.index, dtype=object)
+    same = setting.isna() if pd.isna(loss_setting) else setting == loss_setting
+    members = done[same & (roles(done) != "baseline") & (done["trial_id"] != base.get("trial_id"))]
+    diffs = compare_to_baseline([seed_values(r, key) for _, r in members.iterrows()], seed_values(base, key))
+    return base, dict(zip(members["trial_id"], diffs))
+
+
+def _add_deltas(out: pd.DataFrame, done: pd.DataFrame) -> None:
     for c in ("delta", "delta_ci_low", "delta_ci_high", "delta_p", "within_noise", "verdict"):
         out[c] = None
     out["is_baseline"] = False
     for setting in out["loss_setting"].drop_duplicates():
-        base = baseline_for(done, setting)
+        base, family = holm_family(done, setting)
         if base is None:
             continue
         out.loc[out["trial_id"] == base.get("trial_id"), "is_baseline"] = True
-        idx = [i for i in out.index if out.at[i, "loss_setting"] == setting and out.at[i, "trial_id"] != base.get("trial_id")]
-        diffs = compare_to_baseline([seed_values(rows.iloc[i], "test_acc") for i in idx], seed_values(base, "test_acc"))
+        idx = [i for i in out.index if out.at[i, "loss_setting"] == setting and out.at[i, "trial_id"] in family]
+        diffs = [family[out.at[i, "trial_id"]] for i in idx]
         base_acc = seed_stats(base, "test_acc").mean
         for i, d in zip(idx, diffs):
             out.at[i, "delta"] = d.diff if pd.notna(d.diff) else out.at[i, "acc"] - base_acc  # untested: means only

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, Field, PrivateAttr, RootModel, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from search_spaces import SearchSpace, apply_point, grid_points, load_space, sensitivity_points, validate_space
 from trainables.config import (Strict, TrialConfig, build_trial_config, deep_merge, flatten,
@@ -47,8 +49,66 @@ class AshaConfig(Strict):
 
 
 class MetricConfig(Strict):
-    name: str = Field("val_acc", description="a reported key: val_acc, best_val_acc, val_f1, train_loss, ...")
+    name: str = Field("val_acc", description="a reported key: val_acc, best_val_acc, val_f1, val_gap, train_loss, ...")
     mode: Literal["max", "min"] = "max"
+
+
+# What a trial reports that a study may rank by: validation keys (each also as best_<key>, its value at the
+# selected epoch) and the training loss. val_gap: |difference| of the unimodal heads' validation accuracies.
+METRIC_NAMES = r"(best_)?val_(acc|f1|gap|imbalance|acc_\w+|shapley_\w+)|train_loss"
+METRIC_HELP = ("val_acc, val_f1, val_gap, val_imbalance, val_acc_<modality>, val_shapley_<modality> (each also as "
+               "best_<name>), train_loss")
+
+
+class Objectives(RootModel[list[MetricConfig]]):
+    """The study's metric: one `{name, mode}` or a list of them (multi-objective). Optuna searches them all;
+    the first is the primary objective, which ASHA (one metric only), Tune, the console and the summary's
+    "best" use -- `.name` and `.mode` are the first's."""
+
+    @property
+    def name(self) -> str:
+        return self.root[0].name
+
+    @property
+    def mode(self) -> str:
+        return self.root[0].mode
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.root]
+
+    @property
+    def modes(self) -> list[str]:
+        return [m.mode for m in self.root]
+
+    @model_serializer(mode="wrap")
+    def _as_given(self, handler):
+        """One objective keeps the mapping form (the snapshot of a single-metric study is unchanged)."""
+        dumped = handler(self)
+        return dumped[0] if len(dumped) == 1 else dumped
+
+
+def check_objectives(raw: Any) -> list[Any]:
+    """`metric`: a mapping or a non-empty list of mappings with known, distinct names and max/min modes."""
+    allowed = f"a {{name, mode}} mapping or a list of them; names: {METRIC_HELP}; modes: max, min"
+    items = [raw] if isinstance(raw, dict) or isinstance(raw, BaseModel) else raw
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"metric: expected {allowed} (got {raw!r})")
+    names = []
+    for i, item in enumerate(items):
+        item = item.model_dump() if isinstance(item, BaseModel) else item
+        where = "metric" if isinstance(raw, dict) else f"metric[{i}]"
+        if not isinstance(item, dict) or set(item) - {"name", "mode"}:
+            raise ConfigError(f"{where}: expected {allowed} (got {item!r})")
+        name, mode = item.get("name", "val_acc"), item.get("mode", "max")
+        if not isinstance(name, str) or not re.fullmatch(METRIC_NAMES, name):
+            raise ConfigError(f"{where}.name: unknown metric {name!r} (allowed: {METRIC_HELP})")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"{where}.mode: {mode!r} is not one of max, min")
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"metric: each metric once (got {names})")
+    return items
 
 
 class SensitivityConfig(Strict):
@@ -90,7 +150,8 @@ class StudyConfig(Strict):
     max_concurrent: int = Field(2, ge=1, le=100_000)
     resources: Resources = Field(default_factory=Resources)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    metric: MetricConfig = Field(default_factory=MetricConfig)
+    metric: Objectives = Field(default_factory=lambda: Objectives([MetricConfig()]),
+                               description="one {name, mode} or a list (multi-objective; the first is primary)")
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     confirm: ConfirmConfig = Field(default_factory=ConfirmConfig)
     sampler_seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
@@ -115,6 +176,7 @@ class StudyConfig(Strict):
     _methods: list = PrivateAttr(default_factory=list)
 
     _seeds = field_validator("seeds")(lambda cls, s: _distinct(s))
+    _metric = field_validator("metric", mode="before")(lambda cls, m: check_objectives(m))
 
     @field_validator("loss_settings")
     @classmethod
@@ -159,6 +221,8 @@ class StudyConfig(Strict):
         elif not space.sampled_names() and len(self.loss_settings) == 1:
             raise ConfigError("search_space: nothing to search (no sampled parameter); add params or use "
                               "mode: sensitivity")
+        if len(self.metric.root) > 1 and self.mode == "search" and self.searcher == "cmaes":
+            raise ConfigError("searcher: cmaes searches one metric only; with several metrics use tpe, random or grid")
         if self.confirming() and set(self.confirm.seeds) & set(self.seeds):
             raise ConfigError(f"confirm.seeds: must be seeds the search never saw (the study's seeds are "
                               f"{self.seeds})")

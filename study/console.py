@@ -54,7 +54,7 @@ class StudyConsole(Callback):
         self.last_print = 0.0
         self.running: set[str] = set()
         self.ended: dict[str, str] = {}  # trial id -> finished | pruned | diverged | failed
-        self.best: tuple[float, str, dict[str, Any]] | None = None  # (value, trial name, point)
+        self.seen: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}  # own trial -> (ranking values, point)
 
     def __getstate__(self):  # Tune pickles callbacks with its experiment state; a stream is not state
         state = dict(self.__dict__)
@@ -69,10 +69,19 @@ class StudyConsole(Callback):
         names = self.names or short_names(list(point))
         return " ".join(f"{names.get(k, k)}={format_value(v)}" for k, v in point.items())
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best[0] if self.mode == "max" else value < self.best[0]
+    def best(self) -> tuple[str, str, float, dict[str, Any]] | None:
+        """(trial, column, value, point) of the best own trial so far by the study's one ranking rule
+        (`study.ranking.rank_trials`: the metric at its best validation epoch, trials that ran every epoch first)."""
+        import pandas as pd
+
+        from study.ranking import rank_column, rank_trials
+
+        ranked = rank_trials(pd.DataFrame([{"trial": name, **values} for name, (values, _) in self.seen.items()]),
+                             self.metric, self.mode, self.epochs)
+        if ranked.empty:
+            return None
+        top, col = ranked.iloc[0], rank_column(ranked, self.metric)
+        return top["trial"], col, float(top[col]), self.seen[top["trial"]][1]
 
     def summary_line(self) -> str:
         counts = {s: list(self.ended.values()).count(s) for s in ("finished", "pruned", "diverged", "failed")}
@@ -82,9 +91,10 @@ class StudyConsole(Callback):
                  f"done {counts['finished']}" + (f"/{self.total}" if self.total else ""),
                  f"running {len(self.running)}", f"pruned {counts['pruned']}",
                  f"failed {counts['failed'] + counts['diverged']}"]
-        if self.best is not None:
-            value, name, point = self.best
-            parts.append(f"best {self.metric} {value:.4f} ({name}: {self._point_text(point)})")
+        best = self.best()
+        if best is not None:
+            name, col, value, point = best
+            parts.append(f"best {col} {value:.4f} ({name}: {self._point_text(point)})")
         if self.total and done:
             parts.append(f"ETA ~{format_duration(elapsed * max(self.total - done, 0) / done)}")
         return " | ".join(parts)
@@ -96,9 +106,9 @@ class StudyConsole(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.config.get("role", "search") not in OWN_ROLES:  # the baseline and confirmations are not candidates
             return
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and not math.isnan(value) and self._better(float(value)):
-            self.best = (float(value), str(trial), trial_point(trial.config))
+        keys = (self.metric, f"best_{self.metric}", "training_iteration")
+        values = {k: float(result[k]) for k in keys if isinstance(result.get(k), (int, float))}
+        self.seen[str(trial)] = (values, trial_point(trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

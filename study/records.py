@@ -211,30 +211,35 @@ def discard_store(uri: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def rank(frame, metric: str, mode: str):
-    """The study's own trials (not baseline or confirmation) with a value of the study's metric, best first
-    by its mode. `frame`: Tune's one row per trial (ResultGrid / ExperimentAnalysis dataframes)."""
-    if frame.empty or metric not in frame:
-        return frame.iloc[0:0]
+def rank(frame, metric: str | list[str], mode: str | list[str], epochs: int | None = None):
+    """The study's own trials (not baseline or confirmation) with a value of the study's metric(s), best first
+    by the one ranking rule (`study.ranking.rank_trials`: values at each trial's best validation epoch, trials
+    that ran all `epochs` first). `frame`: Tune's one row per trial (ResultGrid / ExperimentAnalysis dataframes)."""
+    from study.ranking import rank_trials
+
     own = frame[frame["config/role"].isin(OWN_ROLES)] if "config/role" in frame else frame
-    own = own[own[metric].notna() & (own[metric].abs() != float("inf"))]
-    return own.sort_values(metric, ascending=(mode == "min"), kind="stable")
+    return rank_trials(own, metric, mode, epochs)
 
 
-def best_of(frame, metric: str, mode: str) -> dict[str, Any] | None:
-    ranked = rank(frame, metric, mode)
+def best_of(frame, metric: str | list[str], mode: str | list[str], epochs: int | None = None) -> dict[str, Any] | None:
+    """The best trial by `rank`: its id, each metric as last reported and at its best epoch, its test accuracy."""
+    from study.ranking import rank_column
+
+    ranked = rank(frame, metric, mode, epochs)
     if ranked.empty:
         return None
     row = ranked.iloc[0]
-    return {"trial_id": row["trial_id"], metric: float(row[metric]),
-            **{k: float(row[k]) for k in ("best_val_acc", "best_test_acc") if k in row and row[k] == row[k]}}
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    keys = dict.fromkeys([*metrics, *(rank_column(frame, m) for m in metrics), "best_val_acc", "best_test_acc"])
+    return {"trial_id": row["trial_id"],
+            **{k: float(row[k]) for k in keys if k in row and row[k] == row[k]}}
 
 
 def finish(study: Study, results, summary: Any = None) -> None:
     """Mark the study finished; the best trial by the study's metric and mode, the trial counts and (when
     given) the summary against the baseline go to study.json and the parent run."""
     cfg = study.config
-    best = best_of(results.get_dataframe(), cfg.metric.name, cfg.metric.mode)
+    best = best_of(results.get_dataframe(), cfg.metric.names, cfg.metric.modes, cfg.trial_config().epochs)
     study.info.update(status="finished", finished=time.time(), trials=len(results), errors=len(results.errors),
                       best=best)
     study.save()
@@ -279,18 +284,19 @@ def list_studies(storage_path: str) -> list[dict[str, Any]]:
     for path in sorted(Path(storage_path).glob(f"*/{STUDY_FILE}")):
         study = Study(path.parent, json.loads(path.read_text()))
         metric = study.info["config"]["metric"]
+        metric = metric[0] if isinstance(metric, list) else metric  # several: the first is the primary one
         row = {"name": study.name, "status": study.info.get("status", "?"), "dir": str(study.dir),
                "experiment": study.info.get("experiment_name", ""), "metric": metric["name"], "mode": metric["mode"]}
         if study.info.get("status") == "finished":
             row.update(trials=study.info.get("trials", 0), with_results=study.info.get("trials", 0),
                        best=study.info.get("best"))
         else:
-            row.update(live_counts(study, metric["name"], metric["mode"]))
+            row.update(live_counts(study, study.config.metric.names, study.config.metric.modes))
         rows.append(row)
     return rows
 
 
-def live_counts(study: Study, metric: str, mode: str) -> dict[str, Any]:
+def live_counts(study: Study, metric: str | list[str], mode: str | list[str]) -> dict[str, Any]:
     """Trial counts and the best so far from Tune's experiment state (readable without a running Ray)."""
     if not study.tune_dir.is_dir():
         return {"trials": 0, "with_results": 0, "best": None}
@@ -303,4 +309,4 @@ def live_counts(study: Study, metric: str, mode: str) -> dict[str, Any]:
     frame = analysis.dataframe()
     return {"trials": len(analysis.trials), "with_results": sum(t.last_result is not None and bool(t.last_result)
                                                                  for t in analysis.trials),
-            "best": best_of(frame, metric, mode)}
+            "best": best_of(frame, metric, mode, study.config.trial_config().epochs)}

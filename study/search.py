@@ -76,7 +76,10 @@ def optuna_searcher(cfg: StudyConfig, study_dir: Path, space=None, base=None, st
     extra = {"loss_setting": list(cfg.loss_settings)} if len(cfg.loss_settings) > 1 else None
     storage = JournalStorage(JournalFileBackend(str(study_dir / OPTUNA_FILE)))
     return OptunaSearch(space=define_by_run(space or cfg.space(), base or cfg.base_trial(), extra),
-                        metric=cfg.metric.name, mode=cfg.metric.mode, sampler=samplers[cfg.searcher](),
+                        # several metrics: Optuna's multi-objective study (one direction per metric)
+                        metric=cfg.metric.names if len(cfg.metric.names) > 1 else cfg.metric.name,
+                        mode=cfg.metric.modes if len(cfg.metric.modes) > 1 else cfg.metric.mode,
+                        sampler=samplers[cfg.searcher](),
                         storage=storage, study_name=study_name or cfg.name)
 
 
@@ -91,13 +94,17 @@ class StudySearcher(Searcher):
     """
 
     def __init__(self, planned: list[dict[str, Any]], optuna=None, num_samples: int = 0, seeds: list[int] = (),
-                 top_k: int = 0, confirm_seeds: list[int] = (), metric: str = "val_acc", mode: str = "max"):
-        super().__init__(metric=metric, mode=mode)
+                 top_k: int = 0, confirm_seeds: list[int] = (), metric: str | list[str] = "val_acc",
+                 mode: str | list[str] = "max", epochs: int | None = None):
+        self.metrics = [metric] if isinstance(metric, str) else list(metric)
+        self.modes = [mode] if isinstance(mode, str) else list(mode)
+        self.epochs = epochs  # the trial budget: trials ASHA stopped before it rank after those that ran it
+        super().__init__(metric=self.metrics[0], mode=self.modes[0])
         self.planned, self.optuna, self.to_sample, self.seeds = list(planned), optuna, num_samples, list(seeds)
         self.top_k, self.confirm_seeds = top_k, list(confirm_seeds)
         self.from_optuna: set[str] = set()
         self.open_search: dict[str, dict[str, Any]] = {}  # search trial id -> its point, until it ends
-        self.ended_search: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.ended_search: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}  # id -> (ranking values, point)
         self.confirmations: list[dict[str, Any]] | None = None
 
     @staticmethod
@@ -106,8 +113,8 @@ class StudySearcher(Searcher):
         sampled = cfg.mode == "search" and cfg.searcher != "grid"
         return StudySearcher(planned, optuna_searcher(cfg, study_dir) if sampled else None,
                              cfg.num_samples if sampled else 0, cfg.seeds,
-                             cfg.confirm.top_k if cfg.confirming() else 0, cfg.confirm.seeds, cfg.metric.name,
-                             cfg.metric.mode)
+                             cfg.confirm.top_k if cfg.confirming() else 0, cfg.confirm.seeds, cfg.metric.names,
+                             cfg.metric.modes, cfg.trial_config().epochs)
 
     def total(self) -> int:
         searched = self.to_sample + sum(p["role"] == "search" for p in self.planned)
@@ -137,10 +144,19 @@ class StudySearcher(Searcher):
         return spec
 
     def top_configurations(self) -> list[dict[str, Any]]:
-        """The top-k ended search trials by the study's metric (last reported value) and mode."""
-        ranked = sorted(self.ended_search.items(), key=lambda item: item[1][0], reverse=self.mode == "max")
-        return [trial_spec(point, "confirm", self.confirm_seeds, confirms=trial_id)
-                for trial_id, (_, point) in ranked[:self.top_k]]
+        """The top-k ended search trials by the study's ranking rule (`study.ranking.rank_trials`: the
+        metric(s) at each trial's best validation epoch; complete trials before ASHA-stopped ones)."""
+        import pandas as pd
+
+        from study.ranking import rank_trials
+
+        rows = [{"trial_id": trial_id, **(values if isinstance(values, dict) else {self.metric: values})}
+                for trial_id, (values, _) in self.ended_search.items()]  # a float: state saved before this rule
+        if not rows:
+            return []
+        ranked = rank_trials(pd.DataFrame(rows), self.metrics, self.modes, self.epochs)
+        return [trial_spec(self.ended_search[trial_id][1], "confirm", self.confirm_seeds, confirms=trial_id)
+                for trial_id in ranked["trial_id"].head(self.top_k)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.from_optuna and not result.get("diverged"):
@@ -154,9 +170,11 @@ class StudySearcher(Searcher):
                 self.optuna.on_trial_complete(trial_id, result=None if diverged else result, error=error or diverged)
         if trial_id in self.open_search:
             point = self.open_search.pop(trial_id)
-            value = (result or {}).get(self.metric)
-            if not error and isinstance(value, (int, float)) and math.isfinite(value):
-                self.ended_search[trial_id] = (float(value), point)
+            keys = {*self.metrics, *(f"best_{m}" for m in self.metrics), "training_iteration"}
+            values = {k: float(v) for k, v in (result or {}).items()
+                      if k in keys and isinstance(v, (int, float)) and math.isfinite(v)}
+            if not error and self.metric in values:
+                self.ended_search[trial_id] = (values, point)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:

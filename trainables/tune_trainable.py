@@ -33,6 +33,17 @@ def trial_configs(base: dict[str, Any], point: dict[str, Any], seeds: list[int])
     return [build_trial_config(raw, {"seed": s}) for s in seeds]
 
 
+def with_gaps(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with `val_gap`/`test_gap`: max - min of the unimodal heads' accuracies (|audio - visual| for
+    two modalities), per seed, so a study can search it (`metric: [..., {name: val_gap, mode: min}]`)."""
+    gaps = {}
+    for split in ("val", "test"):
+        accs = [v for k, v in record.items() if k.startswith(f"{split}_acc_") and isinstance(v, (int, float))]
+        if len(accs) >= 2:
+            gaps[f"{split}_gap"] = max(accs) - min(accs)
+    return {**record, **gaps}
+
+
 def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]],
               seeds: list[int] | None = None) -> dict[str, Any]:
     """Mean over seeds of every numeric per-epoch value; the sample std (ddof=1) of the headline metrics
@@ -40,6 +51,7 @@ def summarize(records: list[dict[str, Any]], bests: list[dict[str, Any]],
     (selected on validation per seed) as best_* with their spread, and each seed's own best-epoch values
     as `best_<key>/seed_<s>` so that reports can compute confidence intervals over seeds."""
     seeds = seeds if seeds is not None else list(range(len(records)))
+    records, bests = [with_gaps(r) for r in records], [with_gaps(b) for b in bests]
     out: dict[str, Any] = {"num_seeds": len(records)}
     for key in records[0]:
         values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
