@@ -21,6 +21,7 @@ _BUILTIN = {
     "relearn": "trainables.balancers.relearn:Relearn",
     "mmpareto": "trainables.balancers.mmpareto:MMPareto",
     "gblend": "trainables.balancers.gblend:GBlend",
+    "reconboost": "trainables.balancers.reconboost:ReconBoost",
 }
 
 
