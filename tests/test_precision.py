@@ -70,8 +70,9 @@ def test_auto_keeps_cpu_runs_bit_identical():
 def test_bf16_autocast_runs_every_balancer_through_the_trainer(balancer):
     trainer = Trainer(build_trial_config(_raw(balancer, epochs=2), ["precision=bf16"]))
     seen = []
-    trainer.model.fusion.register_forward_hook(
-        lambda mod, args, out: seen.append(out.dtype) if torch.is_autocast_enabled("cpu") else None)
+    for module in (trainer.model.fusion, *trainer.model.encoders.values()):  # ReconBoost uses only the encoders
+        module.register_forward_hook(  # and the fusion's per-modality blocks, not its forward
+            lambda mod, args, out: seen.append(out.dtype) if torch.is_autocast_enabled("cpu") else None)
     history = trainer.fit()["history"]
     assert torch.bfloat16 in seen, "the forward pass did not run under bf16 autocast"
     # the balancer's own records, the loss, accuracies and dynamics traces (evaluation-only metrics that are
