@@ -320,6 +320,8 @@ def benchmark_methods(cfg: StudyConfig) -> list:
         raise ConfigError("loss_settings: benchmark mode takes one loss setting (run one benchmark per setting)")
     if cfg.variants:
         raise ConfigError("variants: only for mode: compare (benchmark mode lists methods)")
+    if cfg.confirm.top_k < 1:
+        raise ConfigError("confirm.top_k: benchmark mode reports each method's confirmed best; at least 1")
     return resolve_methods(cfg.methods, cfg.base_trial())
 
 

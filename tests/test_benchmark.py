@@ -55,6 +55,7 @@ def test_methods_resolve_to_labels_points_and_their_own_spaces(tmp_path):
     ({"mode": "search", "search_space": "redreg"}, "methods: only for mode: benchmark"),
     ({"confirm": {"top_k": 1, "seeds": [0, 7]}}, "confirm.seeds: must be seeds the search never saw"),
     ({"equivalence_margin": 0}, "equivalence_margin: Input should be greater than 0"),
+    ({"confirm": {"top_k": 0}}, "confirm.top_k: benchmark mode reports each method's confirmed best"),
 ])
 def test_bad_benchmark_config_is_one_line_naming_the_field(tmp_path, extra, expected):
     with pytest.raises(ConfigError) as err:
