@@ -158,7 +158,7 @@ def answer(table: pd.DataFrame, margin: float) -> str:
     if not worse.empty:
         parts.append(f"Worse beyond noise: {listed(worse)}.")
     if not equivalent.empty:
-        parts.append(f"Equivalent to joint training within ±{100 * margin:g} points (TOST): "
+        parts.append(f"Equivalent to joint training within {_points(margin)} (TOST): "
                      + ", ".join(f"`{m}`" for m in equivalent["method"]) + ".")
     parts.append(f"Each method was tuned with the same budget and is reported on fresh seeds; Δ is test accuracy "
                  f"against joint training, Welch's test Holm-corrected over the {len(tested)} methods.")
@@ -198,6 +198,10 @@ def _header(name: str) -> str:
         return HEADERS[name]
     kind, mod = name.split("_", 1)
     return f"Acc {mod}" if kind == "acc" else f"Shapley {mod}"
+
+
+def _points(margin: float) -> str:
+    return f"±{100 * margin:g} point" + ("" if 100 * margin == 1 else "s")
 
 
 def _num(value) -> float | None:
@@ -303,7 +307,7 @@ def benchmark_markdown(name: str, config: dict[str, Any], counts: dict[str, int]
              f"on the confirmation seeds {(config.get('confirm') or {}).get('seeds')}. Numbers are test metrics "
              "in percent at each seed's best validation epoch: mean ± sample std [95 % t-interval] (n seeds). "
              "Δ vs joint: Welch's 95 % interval; p Holm-corrected across the methods; \"within noise\" when the "
-             f"interval covers 0 or p (Holm) ≥ 0.05. Equivalence: TOST at ±{100 * margin:g} point(s) first "
+             f"interval covers 0 or p (Holm) ≥ 0.05. Equivalence: TOST at {_points(margin)} first "
              "(equivalent), then the sign of a significant difference (better / worse), else inconclusive.", "",
              "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
              (" — the study is still running; this report covers what has finished." if counts.get("running") else ""),

@@ -299,3 +299,55 @@ def kill_and_resume_benchmark(tmp_path):
         states = [t.state.name for t in optuna.load_study(study_name=optuna_study_name("killedbench", label),
                                                           storage=storage).trials]
         assert states.count("COMPLETE") == 2 and "RUNNING" not in states, (label, states)
+
+
+# ----------------------------------------------------------------------------- the report's statistics
+
+
+def _row(trial_id, role, method, accs, val=None, **extra):
+    row = {"trial_id": trial_id, "role": role, "method": method, "status": "finished", "num_seeds": len(accs),
+           "seeds": list(range(len(accs))), "balancer": method or "none", "loss_setting": "multimodal",
+           "epochs_run": 3, "best_val_acc": val if val is not None else sum(accs) / len(accs)}
+    row.update({f"best_test_acc/seed_{s}": a for s, a in enumerate(accs)})
+    row.update({f"best_test_f1/seed_{s}": a - 0.01 for s, a in enumerate(accs)})
+    row.update({f"best_test_acc_audio/seed_{s}": 0.8 for s in range(len(accs))})
+    row.update({f"best_test_acc_visual/seed_{s}": 0.5 + 0.01 * s for s in range(len(accs))})
+    row.update({"best_test_acc_audio": 0.8, "best_test_acc_visual": 0.51}, **extra)
+    return row
+
+
+def test_table_one_is_welch_holm_and_tost_on_each_methods_confirmed_seeds():
+    """Fixed per-seed numbers: the table's Δ, CI and Holm p are scipy's Welch test Holm-corrected across the
+    methods, TOST decides 'equivalent' at the study's margin, and the answer names the method that is better."""
+    import pandas as pd
+    from scipy import stats
+
+    from analysis.benchmark import answer, benchmark_table
+    from analysis.stats import holm
+
+    base = [0.800, 0.802, 0.798, 0.800]
+    better = [0.90, 0.91, 0.89, 0.905]
+    same = [0.8001, 0.8022, 0.7983, 0.8004]
+    rows = [_row("b", "baseline", None, base),
+            _row("s1", "search", "ogm_ge", [0.95], val=0.95), _row("c1", "confirm", "ogm_ge", better, confirms="s1"),
+            _row("c1x", "confirm", "ogm_ge", [0.1, 0.1, 0.1, 0.1], val=0.1, confirms="s1"),  # worse on validation
+            _row("c2", "confirm", "mm", same, confirms="s2")]
+    trials = pd.DataFrame(rows)
+    trials.attrs.update(study="t", config={"methods": ["ogm_ge", "mm", "none"], "equivalence_margin": 1.0})
+    table = benchmark_table(trials, "val_acc", "max")
+    assert list(table["method"]) == ["joint training (baseline)", "ogm_ge", "mm", "none"]
+    assert list(table["trial_id"][:3]) == ["b", "c1", "c2"]  # the best confirmation by validation
+    assert pd.isna(table.at[3, "trial_id"]) and table.at[3, "n"] == 0  # none: listed, no confirmed trial
+    raw = [stats.ttest_ind(x, base, equal_var=False) for x in (better, same)]
+    for i, (res, p) in enumerate(zip(raw, holm([r.pvalue for r in raw])), start=1):
+        assert table.at[i, "delta"] == pytest.approx(table.at[i, "acc"] - table.at[0, "acc"])
+        assert table.at[i, "delta_ci_low"] == pytest.approx(res.confidence_interval(0.95).low)
+        assert table.at[i, "p_holm"] == pytest.approx(p)
+    assert list(table["verdict"][1:3]) == ["better", "equivalent"]
+    assert table.at[1, "f1"] == pytest.approx(sum(better) / 4 - 0.01) and table.at[1, "gap"] == pytest.approx(0.285)
+    text = answer(table, 0.01)
+    assert text.startswith("**Result.** 1 of the 2 methods beat joint training beyond noise: `ogm_ge`")
+    assert "Equivalent to joint training within ±1 point (TOST): `mm`." in text
+    assert text.endswith("Not testable (no confirmed result with 2+ seeds): `none`.")
+    trials.attrs["config"]["equivalence_margin"] = 0.001  # ±0.001 points: mm can no longer be shown equivalent
+    assert benchmark_table(trials, "val_acc", "max").at[2, "verdict"] == "inconclusive"
