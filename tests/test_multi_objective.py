@@ -11,6 +11,7 @@ from analysis.plots import pareto_figure
 from analysis.report import build_report
 from study.config import load_study_config
 from study.ranking import rank_trials
+from study.records import list_studies
 from study.runner import run_study
 from study.search import OPTUNA_FILE
 
@@ -53,6 +54,8 @@ def test_a_two_objective_search_is_one_optuna_study_with_two_directions_and_a_pa
     assert len(confirm) == 1 and confirm["confirms"].item() == top["trial_id"].iloc[0]
     info = json.loads((cfg.study_dir() / "study.json").read_text())
     assert info["best"]["trial_id"] == top["trial_id"].iloc[0] and "best_val_gap" in info["best"]
+    [listed] = list_studies(cfg.storage_path)  # `mmstudy list`: the primary metric and the same best
+    assert (listed["metric"], listed["mode"], listed["best"]["trial_id"]) == ("val_acc", "max", info["best"]["trial_id"])
 
     # the report: the Pareto figure, with joint training at the mean of its seeds and 95 % CI bars
     result = build_report(str(cfg.study_dir()), str(tmp_path / "report"), log_to_mlflow=False, command="x")
