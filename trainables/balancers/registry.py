@@ -21,6 +21,7 @@ _BUILTIN = {
     "relearn": "trainables.balancers.relearn:Relearn",
     "mmpareto": "trainables.balancers.mmpareto:MMPareto",
     "gblend": "trainables.balancers.gblend:GBlend",
+    "mla": "trainables.balancers.mla:MLA",
     "reconboost": "trainables.balancers.reconboost:ReconBoost",
 }
 
