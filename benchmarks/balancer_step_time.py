@@ -39,6 +39,7 @@ VARIANTS = [
     ("mmpareto", {"name": "mmpareto"}),
     ("gblend (super_epoch=1)", {"name": "gblend", "super_epoch": 1}),  # its cost comes once per super-epoch
     ("relearn", {"name": "relearn"}),  # one diagnosis per period, not per step
+    ("reconboost (stage 0 turn)", {"name": "reconboost"}),  # epoch 0: one encoder; see docs/balancers.md
 ]
 
 

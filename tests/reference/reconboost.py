@@ -92,7 +92,8 @@ def train(ref, epochs_per_stage=4, correct_epochs=4, weight1=5.0, weight2=1.0, a
         models_name.append(name)
         # phase 2 (global rectification): net_ensemble.parameters() = encoders, head, boost_rate
         params = [p for k in models_name for p in model.encoder(k).parameters()]
-        params += [*model.fusion.parameters(), *[p for k in models_name for p in model.heads[k].parameters()], boost_rate]
+        params += [*model.fusion.parameters(), boost_rate]
+        params += [p for k in models_name for p in model.heads[k].parameters()]
         opt = sgd(params)
         for _ in range(correct_epochs):
             if epoch == ref.num_epochs:
