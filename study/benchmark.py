@@ -43,15 +43,19 @@ class BenchmarkSearcher(Searcher):
     ended, then the methods' Optuna proposals in turn until each has had `num_samples`."""
 
     def __init__(self, planned: list[dict[str, Any]], optuna: dict[str, Any], points: dict[str, dict[str, Any]],
-                 num_samples: int, seeds: list[int], top_k: int, confirm_seeds: list[int], metric: str, mode: str):
-        super().__init__(metric=metric, mode=mode)
+                 num_samples: int, seeds: list[int], top_k: int, confirm_seeds: list[int], metric: str | list[str],
+                 mode: str | list[str], epochs: int | None = None):
+        self.metrics = [metric] if isinstance(metric, str) else list(metric)
+        self.modes = [mode] if isinstance(mode, str) else list(mode)
+        self.epochs = epochs  # the trial budget: trials ASHA stopped before it rank after those that ran it
+        super().__init__(metric=self.metrics[0], mode=self.modes[0])
         self.planned, self.optuna, self.points = list(planned), optuna, points
         self.remaining = {label: num_samples for label in optuna}
         self.seeds, self.top_k, self.confirm_seeds = list(seeds), top_k, list(confirm_seeds)
         self.turn = 0
         self.owner: dict[str, str] = {}  # search trial id -> method label
         self.open_search: dict[str, dict[str, Any]] = {}
-        self.ended_search: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.ended_search: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}  # id -> (ranking values, point)
         self.confirmed: set[str] = set()
         self.confirmations: list[dict[str, Any]] = []
         self.planned_total = len(self.planned) + len(optuna) * (num_samples + min(top_k, num_samples))
@@ -65,7 +69,8 @@ class BenchmarkSearcher(Searcher):
         optuna = {m.label: optuna_searcher(cfg, study_dir, m.space, m.base(base), optuna_study_name(cfg.name, m.label))
                   for m in searched}
         return BenchmarkSearcher(planned, optuna, {m.label: m.point for m in searched}, cfg.num_samples, cfg.seeds,
-                                 cfg.confirm.top_k, cfg.confirm.seeds, cfg.metric.name, cfg.metric.mode)
+                                 cfg.confirm.top_k, cfg.confirm.seeds, cfg.metric.names, cfg.metric.modes,
+                                 cfg.trial_config().epochs)
 
     def total(self) -> int:
         """Trials the study runs (Tune's num_samples): the planned ones, num_samples per searched method and
@@ -112,11 +117,19 @@ class BenchmarkSearcher(Searcher):
                 self.confirmations += self.top_configurations(label)
 
     def top_configurations(self, label: str) -> list[dict[str, Any]]:
-        """A method's top-k ended search trials by the study's metric (last reported value) and mode."""
-        mine = [(t, v) for t, v in self.ended_search.items() if self.owner.get(t) == label]
-        ranked = sorted(mine, key=lambda item: item[1][0], reverse=self.mode == "max")
-        return [method_spec(point, "confirm", self.confirm_seeds, label, confirms=trial_id)
-                for trial_id, (_, point) in ranked[:self.top_k]]
+        """A method's top-k ended search trials by the study's ranking rule (study.ranking.rank_trials, the
+        same rule as a search study's confirmation), among that method's trials only."""
+        import pandas as pd
+
+        from study.ranking import rank_trials
+
+        rows = [{"trial_id": t, **(values if isinstance(values, dict) else {self.metric: values})}
+                for t, (values, _) in self.ended_search.items() if self.owner.get(t) == label]
+        if not rows:
+            return []
+        ranked = rank_trials(pd.DataFrame(rows), self.metrics, self.modes, self.epochs)
+        return [method_spec(self.ended_search[t][1], "confirm", self.confirm_seeds, label, confirms=t)
+                for t in ranked["trial_id"].head(self.top_k)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.owner and not result.get("diverged"):
@@ -131,9 +144,11 @@ class BenchmarkSearcher(Searcher):
             self.optuna[self.owner[trial_id]].on_trial_complete(trial_id, result=None if diverged else result,
                                                                 error=error or diverged)
         point = self.open_search.pop(trial_id, None)
-        value = (result or {}).get(self.metric)
-        if point is not None and not error and isinstance(value, (int, float)) and math.isfinite(value):
-            self.ended_search[trial_id] = (float(value), point)
+        keys = {*self.metrics, *(f"best_{m}" for m in self.metrics), "training_iteration"}
+        values = {k: float(v) for k, v in (result or {}).items()
+                  if k in keys and isinstance(v, (int, float)) and math.isfinite(v)}
+        if point is not None and not error and self.metric in values:
+            self.ended_search[trial_id] = (values, point)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:
