@@ -40,6 +40,8 @@ VARIANTS = [
     ("gblend (super_epoch=1)", {"name": "gblend", "super_epoch": 1}),  # its cost comes once per super-epoch
     ("relearn", {"name": "relearn"}),  # one diagnosis per period, not per step
     ("reconboost (stage 0 turn)", {"name": "reconboost"}),  # epoch 0: one encoder; see docs/balancers.md
+    ("mla", {"name": "mla"}),  # one optimizer step per modality per batch
+    ("mla (paper: head projection)", {"name": "mla", "variant": "paper"}),
 ]
 
 

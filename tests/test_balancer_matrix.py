@@ -23,6 +23,7 @@ DYNAMICS = {
     "bmm": ["bmm_imbalance", "bmm_degree"],
     "cal": ["cal_w_audio", "cal_w_visual"],
     "reconboost": ["reconboost_turn_audio", "reconboost_turn_visual", "reconboost_boost_rate"],
+    "mla": ["mla_weight_audio", "mla_weight_visual", "mla_grad_ratio_audio", "mla_loss_visual"],
 }
 # fusions a balancer refuses with a one-line error (ReconBoost's learners are the fused head's per-modality blocks)
 REFUSED_FUSIONS = {"reconboost": ("film", "gated")}
