@@ -11,7 +11,6 @@ samples/s, and that sum divided by one trial's, for the `small` encoder and for 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_throughput import finish, trial_config  # noqa: E402
 
 
 def worker(raw: dict, seconds: float, warmup: int, barrier, queue) -> None:
@@ -76,10 +76,7 @@ def main() -> None:
     for encoder in args.encoders:
         base = None
         for n in args.trials:
-            raw = {"device": args.device, "epochs": 10, "precision": args.precision,
-                   "dataset": {"name": "synthetic", "size": args.size, "n_train": args.batch * 4, "n_val": 64,
-                               "n_test": 64},
-                   "model": {"encoder": encoder}, "optim": {"batch_size": args.batch}}
+            raw = trial_config(args.device, args.size, args.batch, encoder, args.precision)
             rates = packed_rate(raw, n, args.seconds, args.warmup)
             total = sum(rates)
             base = total if base is None else base
@@ -88,12 +85,8 @@ def main() -> None:
             rows.append(row)
             print(f"{encoder:<9} {n} trial(s) at gpu {1 / n:.2f}: {total:9.1f} samples/s  x{total / base:.2f}",
                   flush=True)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"setting: device={device} size={args.size} batch={args.batch} precision={args.precision} "
-          f"seconds={args.seconds} torch={torch.__version__}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "device": device, "rows": rows}, fh, indent=2)
+    finish(args, f"size={args.size} batch={args.batch} precision={args.precision} seconds={args.seconds}",
+           {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -35,13 +35,28 @@ from trainables.config import build_trial_config  # noqa: E402
 from trainables.trainer import Trainer  # noqa: E402
 
 
-def trial(args, precision: str, compile_: bool = False, balancer: dict | None = None, **extra) -> Trainer:
-    raw = {"device": args.device, "epochs": 10, "precision": precision, "compile": compile_,
-           "dataset": {"name": "synthetic", "size": args.size, "n_train": args.batch * 4, "n_val": 64, "n_test": 64},
-           "model": {"encoder": args.encoder}, "optim": {"batch_size": args.batch},
-           "balancer": balancer or {"name": "none"}}
+def trial_config(device: str, size: str, batch: int, encoder: str, precision: str, **extra) -> dict:
+    """The benchmarked trial (also gpu_packing.py's): synthetic data at `size`, four batches of training data,
+    small evaluation splits (never timed)."""
+    raw = {"device": device, "epochs": 10, "precision": precision,
+           "dataset": {"name": "synthetic", "size": size, "n_train": batch * 4, "n_val": 64, "n_test": 64},
+           "model": {"encoder": encoder}, "optim": {"batch_size": batch}}
     raw.update(extra)
-    return Trainer(build_trial_config(raw))
+    return raw
+
+
+def trial(args, precision: str, compile_: bool = False, balancer: dict | None = None, **extra) -> Trainer:
+    return Trainer(build_trial_config(trial_config(args.device, args.size, args.batch, args.encoder, precision,
+                                                   compile=compile_, balancer=balancer or {"name": "none"}, **extra)))
+
+
+def finish(args, setting: str, results: dict) -> None:
+    """The setting line (with the device's name) after the rows, and every row in --json when asked."""
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"setting: device={device} {setting} torch={torch.__version__}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "device": device, **results}, fh, indent=2)
 
 
 def step_flops(trainer: Trainer, batch) -> int:
@@ -210,12 +225,8 @@ def main() -> None:
         for row in rows:
             print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   flush=True)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"setting: device={device} size={args.size} encoder={args.encoder} batch={args.batch} "
-          f"torch={torch.__version__} threads={torch.get_num_threads()}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "device": device, "sections": out}, fh, indent=2)
+    finish(args, f"size={args.size} encoder={args.encoder} batch={args.batch} threads={torch.get_num_threads()}",
+           {"sections": out})
 
 
 if __name__ == "__main__":

@@ -78,8 +78,16 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from analysis.report import build_report
+    from pathlib import Path
 
+    from analysis.report import build_report
+    from study.records import STUDY_FILE, check_writable, existing_store
+
+    if args.out is not None:
+        check_writable(Path(args.out), "--out")
+    elif (Path(args.study) / STUDY_FILE).is_file():
+        check_writable(Path(args.study) / "report", "--out")
+    existing_store(args.study, args.tracking_uri)
     result = build_report(args.study, args.out, args.tracking_uri, log_to_mlflow=not args.no_mlflow)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     print(f"report for {args.study} ({counts}) written to {result['out_dir']}:")

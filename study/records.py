@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from study.config import OWN_ROLES, StudyConfig, load_study_config
+from study.config import OWN_ROLES, StudyConfig, default_tracking_uri, load_study_config
 from trainables.errors import ConfigError
 
 STUDY_FILE = "study.json"
@@ -76,17 +76,32 @@ def open_study(study_dir: str | Path) -> Study:
 
 def check_storage(study_dir: Path) -> None:
     """Fail fast, before Ray or MLflow, when the study folder cannot be written."""
-    parent = study_dir.parent
-    probe_dir = parent
+    check_writable(study_dir.parent, "storage_path")
+
+
+def check_writable(folder: Path, field: str) -> None:
+    """Fail fast, before anything is written, when `folder` (there already or still to be made) cannot be
+    written; `field` names the setting or flag it came from in the one-line error."""
+    probe_dir = folder
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
-        raise ConfigError(f"storage_path: '{probe_dir}' is a file, not a folder")
-    if not os.access(probe_dir, os.W_OK):
-        raise ConfigError(f"storage_path: '{parent}' is not writable")
+        raise ConfigError(f"{field}: '{probe_dir}' is a file, not a folder")
+    if not os.access(probe_dir, os.W_OK) or not can_create_in(probe_dir):
+        raise ConfigError(f"{field}: '{folder}' is not writable")
     free = shutil.disk_usage(probe_dir).free
     if free < 50 * 2**20:
-        raise ConfigError(f"storage_path: only {free // 2**20} MiB free under '{probe_dir}' (need at least 50 MiB)")
+        raise ConfigError(f"{field}: only {free // 2**20} MiB free under '{probe_dir}' (need at least 50 MiB)")
+
+
+def can_create_in(folder: Path) -> bool:
+    """Whether a folder can really be made in `folder` (tried and removed): the permission bits do not tell for
+    root, nor for kernel file systems such as /sys."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".mmstudy-probe-"))
+    except OSError:
+        return False
+    return True
 
 
 def new_sqlite_store(uri: str) -> bool:
@@ -120,6 +135,19 @@ def connect(tracking_uri: str):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"tracking_uri: cannot reach MLflow at '{tracking_uri}' ({first[:200]})") from None
     return client
+
+
+def existing_store(study: str, tracking_uri: str | None = None) -> str:
+    """The tracking URI a study folder or experiment name is read from (`report`, `ui`: the override, else the
+    folder's study.json, else the default store), proven to exist and answer: a server that is down or a SQLite
+    file that is not there is one line naming the URI, never a traceback or a new empty store."""
+    snapshot = Path(study) / STUDY_FILE
+    uri = tracking_uri or (json.loads(snapshot.read_text())["tracking_uri"] if snapshot.is_file()
+                           else default_tracking_uri())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"tracking_uri: no MLflow store at '{uri}' (no such SQLite file)")
+    connect(uri)
+    return uri
 
 
 def ensure_experiment(client, name: str) -> str:
@@ -264,8 +292,13 @@ def finish(study: Study, results, summary: Any = None) -> None:
 
 def sync(study: Study) -> dict[str, int]:
     """Replay the study folder into MLflow (what an outage or a killed driver left unwritten); idempotent."""
+    from ray.tune import Tuner
+
     from study.tracking import replay
 
+    if not study.tune_dir.is_dir() or not Tuner.can_restore(str(study.tune_dir)):
+        raise ConfigError(f"study: '{study.dir}' has no Tune experiment ({TUNE_DIR}/) to sync: its trials never "
+                          f"started, so MLflow has nothing to catch up on")
     counts = replay(study)
     if study.info.get("status") == "finished":
         client = connect(study.info["tracking_uri"])

@@ -2,7 +2,8 @@
 
 MLflow 3 opens an experiment on its GenAI overview (traces, tokens) unless the URL names the classic
 machine-learning workflow, so every link mmstudy prints carries `workflowType=machine_learning`.
-A study on a tracking server is already served: its link is printed and nothing is started.
+A study on a tracking server is already served: its link is printed (once the server answers) and nothing is
+started. A store that is down or missing is one line naming its URI (records.existing_store).
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ def study_store(study: str | None) -> tuple[str, str | None]:
     """(tracking URI, experiment id) of a study folder or experiment name; the default store for None."""
     from analysis.load import resolve_study
     from study.config import default_tracking_uri
+    from study.records import existing_store
 
     if study is None:
         return default_tracking_uri(), None
-    ref = resolve_study(study)
+    ref = resolve_study(study, existing_store(study))
     return ref.tracking_uri, ref.experiment_id
 
 
