@@ -107,3 +107,17 @@ def test_mla_predicts_by_its_shared_head_and_refuses_fused_block_heads():
     assert torch.allclose(trainer.balancer.predict_logits(trainer.model, feats), expected)
     with pytest.raises(ConfigError, match="model.unimodal_head: 'fused_block' cannot be used with balancer 'mla'"):
         Trainer(build_trial_config(tiny_config({"name": "mla"}, model={"unimodal_head": "fused_block"})))
+
+
+def test_mla_resumes_from_a_checkpoint_as_if_uninterrupted(tmp_path):
+    """P, the turn counter and the shared head travel in the checkpoint (paper variant: P changes every turn)."""
+    raw = tiny_config({"name": "mla", "variant": "paper"}, epochs=3)
+    full = Trainer(build_trial_config(raw)).fit()["history"]
+    first = Trainer(build_trial_config(raw))
+    first.train_epoch()
+    first.save(tmp_path / "ckpt.pt")
+    resumed = Trainer(build_trial_config(raw))
+    resumed.load(tmp_path / "ckpt.pt")
+    assert resumed.balancer.turns == 8 and not torch.equal(resumed.balancer.P, torch.eye(16))
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in h]  # noqa: E731
+    assert strip(resumed.fit()["history"]) == strip(full)
