@@ -185,6 +185,21 @@ class StudyConfig(Strict):
             raise ValueError("loss_settings must be a list without repeats")
         return settings
 
+    @model_validator(mode="before")
+    @classmethod
+    def _trial_loss_setting(cls, raw: Any) -> Any:
+        """A study's loss settings are `loss_settings`; a `trial.loss_setting` alone becomes that list, and
+        one that the list does not hold is refused (it would otherwise be silently replaced)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("trial"), dict) or "loss_setting" not in raw["trial"]:
+            return raw
+        setting = raw["trial"]["loss_setting"]
+        if "loss_settings" not in raw:
+            return {**raw, "loss_settings": [setting]}
+        if setting not in (raw["loss_settings"] or []):
+            raise ConfigError(f"trial.loss_setting: '{setting}' is not in the study's loss_settings "
+                              f"{raw['loss_settings']}; set the study's loss_settings instead")
+        return raw
+
     @model_validator(mode="after")
     def _resolve_and_check(self) -> "StudyConfig":
         """Everything that can be checked without running: the base trial (validated here, once), the space,

@@ -67,11 +67,19 @@ def _study(tmp_path=None, **extra):
     ({"loss_settings": ["multimodal", "multimodal"]}, "loss_settings: loss_settings must be a list without repeats"),
     ({"trial": {"model": {"fusoin": "film"}}}, "trial.model.fusoin: unknown key"),
     ({"mode": "compare", "variants": {}}, "variants: compare mode needs at least one named variant"),
+    ({"trial": {**STUDY_TRIAL, "loss_setting": "multimodal+unimodal"}, "loss_settings": ["multimodal"]},
+     "trial.loss_setting: 'multimodal+unimodal' is not in the study's loss_settings"),
 ])
 def test_bad_study_fields_are_one_line_naming_the_field(overrides, expected):
     with pytest.raises(ConfigError) as err:
         _study(**overrides)
     assert expected in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_trial_loss_setting_is_the_study_loss_setting_not_silently_replaced():
+    study = _study(trial={**STUDY_TRIAL, "loss_setting": "multimodal+unimodal"})
+    assert study.loss_settings == ["multimodal+unimodal"]
+    assert study.trial_config().loss_setting == "multimodal+unimodal"
 
 
 def test_baseline_and_confirmation_defaults_follow_the_mode():
