@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainables.balancers.registry import balancer_names
 from trainables.config import build_trial_config
 from trainables.errors import ConfigError
 
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("debug", help="train one trial in-process (no Ray), print a per-epoch table")
-    d.add_argument("--balancer", help="balancer name (none, redreg, ogm, ogm_ge, mm, bmm, inforeg, cal) or pkg.mod:Class")
+    d.add_argument("--balancer", help=f"balancer name ({', '.join(balancer_names())}) or pkg.mod:Class")
     d.add_argument("--dataset", help="dataset name (default: synthetic)")
     d.add_argument("--epochs", type=int)
     d.add_argument("--seed", type=int)
