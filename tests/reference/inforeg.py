@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from reference import backward_passes, true_class_score
+
 
 def train(ref, threshold: float, window: int, coef: dict[str, float], k_from_first: bool = False, log=None):
     a, v = ref.modalities
@@ -33,14 +35,8 @@ def train(ref, threshold: float, window: int, coef: dict[str, float], k_from_fir
         layers = {m: [mod for mod in ref.model.encoder(m).modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
                   for m in ref.modalities}
         fim = {m: [torch.zeros_like(mod.weight) for mod in layers[m]] for m in ref.modalities}
-        ref.model.train()
-        for inputs, labels in ref.batches[epoch]:
-            _, fused, uni = ref.forward(inputs)
-            loss = ref.task_loss(fused, uni, labels)
-            ref.optimizer.zero_grad()
-            loss.backward()
-            score = {m: sum(float(torch.softmax(uni[m].detach(), 1)[i][labels[i]]) for i in range(len(labels)))
-                     for m in ref.modalities}
+        for _, labels, _, uni in backward_passes(ref, epoch):
+            score = {m: true_class_score(uni[m], labels) for m in ref.modalities}
             beta = {a: 0.0, v: 0.0}
             if score[a] > score[v] and ks[a] > threshold:
                 beta[a] = coef[a] * math.exp(math.tanh(score[a] - score[v]))

@@ -9,19 +9,15 @@ import math
 
 import torch
 
+from reference import backward_passes, true_class_score
+
 
 def train(ref, alpha: float, starts: int, ends: int, ge: bool):
     a, v = ref.modalities
     for epoch in range(ref.num_epochs):
-        ref.model.train()
-        for inputs, labels in ref.batches[epoch]:
-            _, fused, uni = ref.forward(inputs)
-            loss = ref.task_loss(fused, uni, labels)
-            ref.optimizer.zero_grad()
-            loss.backward()
-            with torch.no_grad():  # scores as Python floats: the coefficients in float64, as the project's
-                score_a = sum(float(torch.softmax(uni[a], 1)[i][labels[i]]) for i in range(len(labels)))
-                score_v = sum(float(torch.softmax(uni[v], 1)[i][labels[i]]) for i in range(len(labels)))
+        for _, labels, _, uni in backward_passes(ref, epoch):
+            # scores as Python floats: the coefficients in float64, as the project's
+            score_a, score_v = true_class_score(uni[a], labels), true_class_score(uni[v], labels)
             ratio_v = score_v / score_a
             ratio_a = 1 / ratio_v
             if ratio_v > 1:

@@ -14,9 +14,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from reference import backward_passes
+
 
 def _mean(xs):
     return sum(xs) / len(xs)
+
+
+def true_class_mean(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """p_m (Eq. 14; the code's confidence): the batch mean of the true-class softmax, in fp32."""
+    return float(torch.softmax(logits.detach(), 1)[torch.arange(len(labels)), labels].mean())
 
 
 def train(ref, gamma: float, beta: float, R: float, tau_min: float, tau_max: float, window: int,
@@ -27,14 +34,8 @@ def train(ref, gamma: float, beta: float, R: float, tau_min: float, tau_max: flo
     hist = {m: [] for m in ref.modalities}
     total, t = ref.num_epochs * ref.steps_per_epoch, 0
     for epoch in range(ref.num_epochs):
-        ref.model.train()
-        for inputs, labels in ref.batches[epoch]:
-            feats, fused, uni = ref.forward(inputs)
-            loss = ref.task_loss(fused, uni, labels)
-            ref.optimizer.zero_grad()
-            loss.backward()
-            p = {m: float(torch.softmax(uni[m].detach(), 1)[torch.arange(len(labels)), labels].mean())
-                 for m in ref.modalities}
+        for inputs, labels, feats, uni in backward_passes(ref, epoch):
+            p = {m: true_class_mean(uni[m], labels) for m in ref.modalities}
             for m in ref.modalities:
                 hist[m] = (hist[m] + [p[m]])[-(window + 1):]
             if t >= warmup_steps:
@@ -107,7 +108,7 @@ def train_code(ref, W: int = 10, gamma: float = 0.6, R: float = 0.15, beta_scale
             feats, fused, uni = ref.forward(x_in)
             prob, growth, r = {}, {}, {}
             for m in ref.modalities:
-                prob[m] = float(F.softmax(uni[m].detach(), 1)[torch.arange(len(labels)), labels].mean())
+                prob[m] = true_class_mean(uni[m], labels)
                 hist[m].append(prob[m])
                 h = hist[m]
                 growth[m] = 1.0 if len(h) <= W else (sum(h[-W:]) / W - sum(h[-W - 1:-1]) / W) / (

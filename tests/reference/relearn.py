@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from reference import plain_epoch
+
 
 def minmax(x):
     lo, hi = x.min(axis=0), x.max(axis=0)
@@ -84,12 +86,5 @@ def train(ref, holdout_batches, move_lambda=3.0, reinit_every=20, reinit_times=3
                     for name, param in ref.model.named_parameters():
                         if name.startswith(f"encoders.{m}."):
                             param.data = weight * checkpoint[name] + (1 - weight) * param.data
-        ref.model.train()
-        for inputs, labels in ref.batches[epoch]:
-            _, fused, uni = ref.forward(inputs)
-            loss = ref.task_loss(fused, uni, labels)
-            ref.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            ref.optimizer.step()
-        ref.scheduler.step()
+        plain_epoch(ref, epoch)
         yield
