@@ -200,6 +200,11 @@ def test_mlflow_going_away_mid_study_loses_nothing(tmp_path):
             assert run.data.tags["mmstudy.status"] == "finished"
         again = _cli(["sync", str(tmp_path / "runs" / "outage")], tmp_path, env=env)  # idempotent
         assert "0 epochs logged" in again.stdout
+        # `mmstudy ui` on a study whose store is a (live) tracking server: its runs-table link, nothing started
+        ui = _cli(["ui", str(tmp_path / "runs" / "outage"), "--port", "5001"], tmp_path, env=env, timeout=60)
+        assert ui.returncode == 0 and ui.stdout.strip() == (
+            f"MLflow UI (tracking server): {uri}/#/experiments/{info['experiment_id']}/runs"
+            "?workflowType=machine_learning"), ui.stderr[-2000:]
     finally:
         _stop(server)
 
