@@ -48,16 +48,16 @@ class AshaConfig(Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
-class MetricConfig(Strict):
-    name: str = Field("val_acc", description="a reported key: val_acc, best_val_acc, val_f1, val_gap, train_loss, ...")
-    mode: Literal["max", "min"] = "max"
-
-
 # What a trial reports that a study may rank by: validation keys (each also as best_<key>, its value at the
 # selected epoch) and the training loss. val_gap: |difference| of the unimodal heads' validation accuracies.
 METRIC_NAMES = r"(best_)?val_(acc|f1|gap|imbalance|acc_\w+|shapley_\w+)|train_loss"
 METRIC_HELP = ("val_acc, val_f1, val_gap, val_imbalance, val_acc_<modality>, val_shapley_<modality> (each also as "
                "best_<name>), train_loss")
+
+
+class MetricConfig(Strict):
+    name: str = Field("val_acc", description=f"a reported key: {METRIC_HELP}")
+    mode: Literal["max", "min"] = "max"
 
 
 class Objectives(RootModel[list[MetricConfig]]):
@@ -236,7 +236,7 @@ class StudyConfig(Strict):
         elif not space.sampled_names() and len(self.loss_settings) == 1:
             raise ConfigError("search_space: nothing to search (no sampled parameter); add params or use "
                               "mode: sensitivity")
-        if len(self.metric.root) > 1 and self.mode == "search" and self.searcher == "cmaes":
+        if len(self.metric.root) > 1 and self.mode in ("search", "benchmark") and self.searcher == "cmaes":
             raise ConfigError("searcher: cmaes searches one metric only; with several metrics use tpe, random or grid")
         if self.confirming() and set(self.confirm.seeds) & set(self.seeds):
             raise ConfigError(f"confirm.seeds: must be seeds the search never saw (the study's seeds are "

@@ -1,8 +1,8 @@
 """Benchmark mode's methods: each item of `methods:` resolved to a label, its base trial and its search space.
 
 An item is a balancer name (`ogm_ge`) or a one-key mapping from a name to fixed fields
-(`redreg: {variant: code}`; a key without a dot is a balancer field, a dotted key a trial field such as
-`optim.lr`). The label is the name, with the fixed fields in brackets when there are any
+(`redreg: {variant: code}`; a key without a dot is a balancer field, a dotted key one of the method's
+search-space parameters such as `optim.lr`: data, model and batch are the study's, the same for every method). The label is the name, with the fixed fields in brackets when there are any
 (`redreg (variant=code)`). Each method searches `search_spaces/<name>.yaml`; a fixed field pins the space's
 parameter of the same name. A method whose space then samples nothing (e.g. `none` with `optim.lr` fixed)
 is not searched: its fixed configuration is trained once, with the confirmation seeds, and costs no tuning.
@@ -89,6 +89,11 @@ def resolve_methods(items: list[Any], study_base: dict[str, Any]) -> list[Method
         space = load_space(name, field=f"methods.{label}")
         if space.balancer and space.balancer != name:
             raise ConfigError(f"methods.{label}: search space '{name}' is for balancer '{space.balancer}'")
+        for key in fixed:  # data, model and batch stay the study's: every method is tested like joint training
+            if not key.startswith("balancer.") and key not in space.params:
+                allowed = ", ".join(["balancer.<field>", *(k for k in space.params if not k.startswith("balancer."))])
+                raise ConfigError(f"methods.{label}: '{key}' cannot be fixed per method (the study's trial sets it "
+                                  f"for all); allowed: {allowed}")
         pinned = {k: p for k, p in space.params.items() if k not in fixed}  # a fixed field wins over the space
         method.space = space.model_copy(update={"params": pinned})  # constraints see the fixed value
         validate_space(method.space, base, field=f"methods.{label}")

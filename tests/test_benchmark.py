@@ -56,6 +56,10 @@ def test_methods_resolve_to_labels_points_and_their_own_spaces(tmp_path):
     ({"confirm": {"top_k": 1, "seeds": [0, 7]}}, "confirm.seeds: must be seeds the search never saw"),
     ({"equivalence_margin": 0}, "equivalence_margin: Input should be greater than 0"),
     ({"confirm": {"top_k": 0}}, "confirm.top_k: benchmark mode reports each method's confirmed best"),
+    ({"methods": ["none", {"ogm_ge": {"dataset.n_test": 64, "optim.batch_size": 8}}]},
+     "methods.ogm_ge (dataset.n_test=64, optim.batch_size=8): 'dataset.n_test' cannot be fixed per method"),
+    ({"searcher": "cmaes", "metric": [{"name": "best_val_acc", "mode": "max"}, {"name": "val_gap", "mode": "min"}]},
+     "searcher: cmaes"),
 ])
 def test_bad_benchmark_config_is_one_line_naming_the_field(tmp_path, extra, expected):
     with pytest.raises(ConfigError) as err:
