@@ -13,7 +13,6 @@ a trial of any method.
 """
 from __future__ import annotations
 
-import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ray.tune.search import Searcher
 
 from study.config import StudyConfig
 from study.search import (OPTUNA_FILE, StudyASHA, already_recorded_in_optuna, close_orphaned_proposals,
-                          optuna_searcher, planned_trials, trial_spec)
+                          confirmable_values, optuna_searcher, planned_trials, top_trials, trial_spec)
 
 METHOD_KEY = "method"  # in a trial's Tune config, next to point / role / seeds; MLflow tag mmstudy.method
 
@@ -117,19 +116,11 @@ class BenchmarkSearcher(Searcher):
                 self.confirmations += self.top_configurations(label)
 
     def top_configurations(self, label: str) -> list[dict[str, Any]]:
-        """A method's top-k ended search trials by the study's ranking rule (study.ranking.rank_trials, the
+        """A method's top-k ended search trials by the study's ranking rule (study.search.top_trials, the
         same rule as a search study's confirmation), among that method's trials only."""
-        import pandas as pd
-
-        from study.ranking import rank_trials
-
-        rows = [{"trial_id": t, **(values if isinstance(values, dict) else {self.metric: values})}
-                for t, (values, _) in self.ended_search.items() if self.owner.get(t) == label]
-        if not rows:
-            return []
-        ranked = rank_trials(pd.DataFrame(rows), self.metrics, self.modes, self.epochs)
+        ended = {t: values for t, (values, _) in self.ended_search.items() if self.owner.get(t) == label}
         return [method_spec(self.ended_search[t][1], "confirm", self.confirm_seeds, label, confirms=t)
-                for t in ranked["trial_id"].head(self.top_k)]
+                for t in top_trials(ended, self.metrics, self.modes, self.epochs, self.top_k)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.owner and not result.get("diverged"):
@@ -144,10 +135,8 @@ class BenchmarkSearcher(Searcher):
             self.optuna[self.owner[trial_id]].on_trial_complete(trial_id, result=None if diverged else result,
                                                                 error=error or diverged)
         point = self.open_search.pop(trial_id, None)
-        keys = {*self.metrics, *(f"best_{m}" for m in self.metrics), "training_iteration"}
-        values = {k: float(v) for k, v in (result or {}).items()
-                  if k in keys and isinstance(v, (int, float)) and math.isfinite(v)}
-        if point is not None and not error and self.metric in values:
+        values = confirmable_values(result, self.metrics, error)
+        if point is not None and values is not None:
             self.ended_search[trial_id] = (values, point)
 
     def save(self, checkpoint_path: str) -> None:

@@ -83,6 +83,34 @@ def optuna_searcher(cfg: StudyConfig, study_dir: Path, space=None, base=None, st
                         storage=storage, study_name=study_name or cfg.name)
 
 
+def confirmable_values(result: dict | None, metrics: list[str], error: bool = False) -> dict[str, float] | None:
+    """An ended search trial's values for the ranking rule (each metric, its best_ value, the epochs it ran),
+    or None when the trial is no confirmation candidate: it errored, diverged (study.status), or reported no
+    finite value of the first metric. A diverged trial's best_ values are finite, but its configuration is
+    not one to re-train."""
+    from study.status import trial_status
+
+    if error or not result or trial_status(result, 0)[0] == "diverged":
+        return None
+    keys = {*metrics, *(f"best_{m}" for m in metrics), "training_iteration"}
+    values = {k: float(v) for k, v in result.items() if k in keys and isinstance(v, (int, float)) and math.isfinite(v)}
+    return values if metrics[0] in values else None
+
+
+def top_trials(ended: dict[str, dict[str, float]], metrics: list[str], modes: list[str], epochs: int | None,
+               top_k: int) -> list[str]:
+    """The ids of the top-k ended search trials by the study's one ranking rule (`study.ranking.rank_trials`:
+    the metric(s) at each trial's best validation epoch; complete trials before ASHA-stopped ones)."""
+    import pandas as pd
+
+    from study.ranking import rank_trials
+
+    if not ended:
+        return []
+    rows = pd.DataFrame([{"trial_id": trial_id, **values} for trial_id, values in ended.items()])
+    return list(rank_trials(rows, metrics, modes, epochs)["trial_id"].head(top_k))
+
+
 class StudySearcher(Searcher):
     """Planned trials first (baseline, grid points), then `num_samples` proposals from Optuna, then -- once every
     search trial has ended -- the top-k search configurations by the study's metric and mode, re-trained with
@@ -144,19 +172,10 @@ class StudySearcher(Searcher):
         return spec
 
     def top_configurations(self) -> list[dict[str, Any]]:
-        """The top-k ended search trials by the study's ranking rule (`study.ranking.rank_trials`: the
-        metric(s) at each trial's best validation epoch; complete trials before ASHA-stopped ones)."""
-        import pandas as pd
-
-        from study.ranking import rank_trials
-
-        rows = [{"trial_id": trial_id, **(values if isinstance(values, dict) else {self.metric: values})}
-                for trial_id, (values, _) in self.ended_search.items()]  # a float: state saved before this rule
-        if not rows:
-            return []
-        ranked = rank_trials(pd.DataFrame(rows), self.metrics, self.modes, self.epochs)
+        """The top-k ended search trials (`top_trials`), re-trained with the confirmation seeds."""
+        ended = {trial_id: values for trial_id, (values, _) in self.ended_search.items()}
         return [trial_spec(self.ended_search[trial_id][1], "confirm", self.confirm_seeds, confirms=trial_id)
-                for trial_id in ranked["trial_id"].head(self.top_k)]
+                for trial_id in top_trials(ended, self.metrics, self.modes, self.epochs, self.top_k)]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.from_optuna and not result.get("diverged"):
@@ -170,10 +189,8 @@ class StudySearcher(Searcher):
                 self.optuna.on_trial_complete(trial_id, result=None if diverged else result, error=error or diverged)
         if trial_id in self.open_search:
             point = self.open_search.pop(trial_id)
-            keys = {*self.metrics, *(f"best_{m}" for m in self.metrics), "training_iteration"}
-            values = {k: float(v) for k, v in (result or {}).items()
-                      if k in keys and isinstance(v, (int, float)) and math.isfinite(v)}
-            if not error and self.metric in values:
+            values = confirmable_values(result, self.metrics, error)
+            if values is not None:
                 self.ended_search[trial_id] = (values, point)
 
     def save(self, checkpoint_path: str) -> None:

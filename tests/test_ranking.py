@@ -46,6 +46,33 @@ def test_the_searcher_confirms_by_the_best_epoch_not_the_last():
     assert confirms[0]["point"] == {"balancer.gamma": 0.95} and confirms[0]["seeds"] == [9]
 
 
+@pytest.mark.parametrize("kind", ["search", "benchmark"])
+def test_a_diverged_search_trial_is_never_confirmed(kind):
+    """A trial that diverged at its last epoch still carries a finite best_val_acc from before; both
+    searchers leave it out of the confirmation candidates (study.search.confirmable_values)."""
+    from study.benchmark import BenchmarkSearcher
+    from study.search import StudySearcher
+
+    if kind == "search":
+        searcher = StudySearcher([], num_samples=0, top_k=2, confirm_seeds=[9], metric="val_acc", mode="max",
+                                 epochs=3)
+    else:
+        from types import SimpleNamespace
+
+        told = SimpleNamespace(on_trial_complete=lambda *args, **kwargs: None)  # this test is about confirmation
+        searcher = BenchmarkSearcher([], {"m": told}, {"m": {}}, 0, [0], 2, [9], "val_acc", "max", epochs=3)
+        searcher.owner = {tid: "m" for tid in ("good", "nan")}
+    searcher.open_search = {"good": {"balancer.gamma": 0.5}, "nan": {"balancer.gamma": 2.0}}
+    results = {"good": {"val_acc": 0.80, "best_val_acc": 0.80, "training_iteration": 3},
+               "nan": {"val_acc": 0.90, "best_val_acc": 0.99, "training_iteration": 3, "diverged": True,
+                       "status_reason": "loss is nan at epoch 3"}}
+    for tid, result in results.items():
+        searcher.on_trial_complete(tid, result)
+    picked = [spec["confirms"] for spec in (searcher.top_configurations() if kind == "search"
+                                            else searcher.top_configurations("m"))]
+    assert picked == ["good"]
+
+
 def test_records_best_is_the_same_trial():
     from study.records import best_of, rank
 
