@@ -23,14 +23,9 @@ import pandas as pd
 from analysis.load import load_histories
 from analysis.stats import SeedSummary, compare_to_baseline
 from analysis.summary import StudySummary
-from analysis.tables import baseline_for, finished, quantities, rank_column, roles, seed_stats, seed_values
+from analysis.tables import baseline_for, finished, quantities, ranked, roles, seed_stats, seed_values, study_margin
 
 TABLE_FILES = ("benchmark.csv", "benchmark.md", "tuning_cost.csv", "accuracy_vs_gap.png")
-
-
-def study_margin(config: dict[str, Any]) -> float:
-    """The equivalence margin in accuracy units (the config gives points)."""
-    return float(config.get("equivalence_margin") or 1.0) / 100
 
 
 def benchmark_quantities(trials: pd.DataFrame) -> dict[str, str]:
@@ -48,21 +43,16 @@ def method_order(trials: pd.DataFrame) -> list[str]:
     return labels + sorted(seen)
 
 
-def confirmed_rows(trials: pd.DataFrame, metric: str, mode: str) -> dict[str, pd.Series | None]:
-    """Each method's confirmed trial: the best of its finished confirmations by the study's metric on
-    validation (None when none finished)."""
+def confirmed_rows(trials: pd.DataFrame, metric: str | list[str], mode: str | list[str]
+                   ) -> dict[str, pd.Series | None]:
+    """Each method's confirmed trial: the best of its finished confirmations by the study's one ranking rule
+    (analysis.tables.ranked, the study's metric(s) on validation; None when none finished)."""
     done = finished(trials)
     confirm = done[(roles(done) == "confirm") & done["method"].notna()] if "method" in done else done.iloc[0:0]
-    col = rank_column(confirm, metric)
     out: dict[str, pd.Series | None] = {}
     for label in method_order(trials):
         mine = confirm[confirm["method"] == label]
-        if mine.empty:
-            out[label] = None
-            continue
-        if col in mine:
-            mine = mine.sort_values(col, ascending=(mode == "min"), na_position="last")
-        out[label] = mine.iloc[0]
+        out[label] = None if mine.empty else ranked(mine, metric, mode).iloc[0]
     return out
 
 
@@ -94,7 +84,8 @@ def tuning_cost(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def benchmark_table(trials: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> pd.DataFrame:
+def benchmark_table(trials: pd.DataFrame, metric: str | list[str] = "val_acc", mode: str | list[str] = "max"
+                    ) -> pd.DataFrame:
     """Table I: joint training first, then one row per method (its confirmed trial), with Δ vs joint."""
     done = finished(trials)
     margin = study_margin(trials.attrs.get("config") or {})
@@ -175,7 +166,7 @@ def benchmark_summary(trials: pd.DataFrame) -> StudySummary:
 
     config = trials.attrs.get("config") or {}
     metrics, modes = study_metric(config)
-    table = benchmark_table(trials, metrics[0], modes[0])
+    table = benchmark_table(trials, metrics, modes)
     out: dict[str, float] = {}
     confirm = table[(table["role"] == "confirm")]
     out["benchmark_methods_better"] = float(((confirm["within_noise"] == False) & (confirm["delta"] > 0)).sum())  # noqa: E712
@@ -277,7 +268,7 @@ def accuracy_gap_figure(table: pd.DataFrame, title: str):
     return fig
 
 
-def write_benchmark(trials: pd.DataFrame, out: Path, metric: str, mode: str) -> dict[str, Any]:
+def write_benchmark(trials: pd.DataFrame, out: Path, metric: str | list[str], mode: str | list[str]) -> dict[str, Any]:
     """Table I, the tuning cost and the figure into `out`; returns what report.md shows."""
     config = trials.attrs.get("config") or {}
     margin = study_margin(config)
@@ -296,14 +287,16 @@ def write_benchmark(trials: pd.DataFrame, out: Path, metric: str, mode: str) -> 
 
 
 def benchmark_markdown(name: str, config: dict[str, Any], counts: dict[str, int], parts: dict[str, Any],
-                       command: str, attrs: dict[str, Any], metric: str, mode: str) -> str:
+                       command: str, attrs: dict[str, Any], metric: str | list[str], mode: str | list[str]) -> str:
     import yaml
 
     margin = parts["margin"]
+    metrics, modes = ([metric], [mode]) if isinstance(metric, str) else (metric, mode)
+    objective = ", ".join(f"`{m}` ({o})" for m, o in zip(metrics, modes))
     lines = [f"# Benchmark report: {name}", "", parts["answer"], "", f"Produced by: `{command}`", "",
              f"Every method searched its own space with the same budget ({config.get('num_samples')} trials, "
              f"{(config.get('trial') or {}).get('epochs', '?')} epochs, the same ASHA settings, compared within "
-             f"the method), ranked by `{metric}` ({mode}) on validation; its best configuration was re-trained "
+             f"the method), ranked by {objective} on validation; its best configuration was re-trained "
              f"on the confirmation seeds {(config.get('confirm') or {}).get('seeds')}. Numbers are test metrics "
              "in percent at each seed's best validation epoch: mean ± sample std [95 % t-interval] (n seeds). "
              "Δ vs joint: Welch's 95 % interval; p Holm-corrected across the methods; \"within noise\" when the "
@@ -323,8 +316,8 @@ def benchmark_markdown(name: str, config: dict[str, Any], counts: dict[str, int]
     return "\n".join(lines)
 
 
-def benchmark_report(trials: pd.DataFrame, out: Path, counts: dict[str, int], command: str, metric: str,
-                     mode: str) -> tuple[list[str], StudySummary]:
+def benchmark_report(trials: pd.DataFrame, out: Path, counts: dict[str, int], command: str, metric: str | list[str],
+                     mode: str | list[str]) -> tuple[list[str], StudySummary]:
     """`mmstudy report` on a benchmark study: the files above and report.md (the answer first)."""
     attrs = trials.attrs
     parts = write_benchmark(trials, out, metric, mode)

@@ -15,9 +15,10 @@ from analysis.importance import param_importances
 from analysis.load import load_histories, load_study
 from analysis.plots import dynamics_figure, importance_figure, pareto_figure, sensitivity_figure
 from analysis.summary import study_summary
-from analysis.tables import (baseline_for, comparison_table, finished, modalities_of, rank_column, roles, to_markdown,
-                             trial_label)
+from analysis.tables import (baseline_for, comparison_table, finished, modalities_of, roles, study_margin,
+                             to_markdown, trial_label)
 from search_spaces import load_space
+from study.ranking import rank_column
 from trainables.errors import ConfigError
 
 
@@ -82,7 +83,7 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     if config.get("mode") == "benchmark":  # Table I of the tuned methods, their tuning cost, accuracy vs gap
         from analysis.benchmark import benchmark_report
 
-        written, summary = benchmark_report(trials, out, counts, command, metrics[0], modes[0])
+        written, summary = benchmark_report(trials, out, counts, command, metrics, modes)
         log_report(attrs, out, log_to_mlflow)
         return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
     summary = study_summary(trials, metrics, modes)  # the one ranking rule; its best is the first metric's
@@ -140,8 +141,8 @@ def render_markdown(name, config, counts, table, written, importances, command, 
              "seed's best validation epoch, in percent: mean ± sample std [95 % t-interval] over the trial's seeds "
              "(n seeds; one seed shows no spread). Δ vs joint: the difference to the joint-training baseline of the "
              "same loss setting, Welch's 95 % interval, Welch's test Holm-corrected over every finished trial compared "
-             "with that baseline (shown in the table or not); \"within noise\" when the interval covers 0. Verdict: TOST equivalence at ±1 point "
-             "first, then the sign of a significant difference, else inconclusive.", "",
+             "with that baseline (shown in the table or not); \"within noise\" when the interval covers 0. Verdict: TOST equivalence at a "
+             f"±{100 * study_margin(config):g}-point margin first, then the sign of a significant difference, else inconclusive.", "",
              "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
              (" — the study is still running; this report covers what has finished." if counts.get("running") else ""),
              ""]

@@ -14,9 +14,11 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import optimize, stats
 
+from study.config import EQUIVALENCE_MARGIN
+
 CONFIDENCE = 0.95
 ALPHA = 0.05
-MARGIN = 0.01  # TOST equivalence margin in accuracy units: ±1 point
+MARGIN = EQUIVALENCE_MARGIN / 100  # TOST equivalence margin in accuracy units (the study config's default)
 
 
 @dataclass(frozen=True)

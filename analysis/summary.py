@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.stats import Difference, SeedSummary, compare_to_baseline
-from analysis.tables import finished, holm_family, rank_column, ranked, roles, seed_stats, seed_values, trial_label
+from analysis.tables import (finished, holm_family, ranked, roles, seed_stats, seed_values, study_margin,
+                             trial_label)
+from study.ranking import rank_column
 
 LOSS_NAMES = {"multimodal": "multimodal loss", "multimodal+unimodal": "multimodal + unimodal loss (*)"}
 
@@ -54,7 +56,8 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
     first_mode = mode if isinstance(mode, str) else mode[0]
     col = rank_column(pool, first_metric)
     best = ranked(pool, metric, mode).iloc[0]
-    base, family = holm_family(done, best.get("loss_setting"))
+    margin = study_margin(config)
+    base, family = holm_family(done, best.get("loss_setting"), margin=margin)
 
     acc, gap = seed_stats(best, "test_acc"), seed_stats(best, "test_gap")
     balancer = best.get("balancer") or "the study's method"
@@ -81,8 +84,9 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
     else:
         summary.baseline_trial_id = base.get("trial_id")
         b_acc, b_gap = seed_stats(base, "test_acc"), seed_stats(base, "test_gap")
-        d_acc = _difference(family, best, base, "test_acc")
-        d_gap = _difference(holm_family(done, best.get("loss_setting"), "test_gap")[1], best, base, "test_gap")
+        d_acc = _difference(family, best, base, "test_acc", margin)
+        d_gap = _difference(holm_family(done, best.get("loss_setting"), "test_gap", margin)[1], best, base, "test_gap",
+                            margin)
         lines[0] += (f" against {_pct(b_acc)} for joint training (`none`, same trial settings): "
                      f"Δ = {d_acc.text()}{_verdict(d_acc)}. Modality gap (max − min unimodal test accuracy): "
                      f"{_pct(gap)} against {_pct(b_gap)}: Δ = {d_gap.text()}.")
@@ -100,12 +104,12 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
     return summary
 
 
-def _difference(family: dict, best: pd.Series, base: pd.Series, key: str) -> Difference:
+def _difference(family: dict, best: pd.Series, base: pd.Series, key: str, margin: float) -> Difference:
     """The best's difference to the baseline from the study's Holm family (`analysis.tables.holm_family`);
     uncorrected only when the best is not in it (a comparison whose only method is joint training itself)."""
     if best.get("trial_id") in family:
         return family[best.get("trial_id")]
-    return compare_to_baseline([seed_values(best, key)], seed_values(base, key))[0]
+    return compare_to_baseline([seed_values(best, key)], seed_values(base, key), margin=margin)[0]
 
 
 def _pct(s: SeedSummary) -> str:

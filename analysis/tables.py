@@ -6,8 +6,15 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.stats import Difference, SeedSummary, compare_to_baseline, seed_summary
-from study.ranking import rank_column, rank_trials  # noqa: F401 -- rank_column: the report and figures import it here
+from analysis.stats import MARGIN, Difference, SeedSummary, compare_to_baseline, seed_summary
+from study.ranking import rank_column, rank_trials
+
+
+def study_margin(config: dict[str, Any]) -> float:
+    """The study's TOST equivalence margin in accuracy units: its `equivalence_margin` (given in points), else
+    the default (analysis.stats.MARGIN)."""
+    points = config.get("equivalence_margin")
+    return MARGIN if points is None else float(points) / 100
 
 
 def modalities_of(trials: pd.DataFrame) -> list[str]:
@@ -160,11 +167,12 @@ def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | Non
                 rec["n"] = s.n
         records.append(rec)
     out = pd.DataFrame(records)
-    _add_deltas(out, done)
+    out.attrs["margin"] = study_margin(trials.attrs.get("config") or {})
+    _add_deltas(out, done, out.attrs["margin"])
     return out
 
 
-def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc"
+def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc", margin: float = MARGIN
                 ) -> tuple[pd.Series | None, dict[Any, Difference]]:
     """The one Holm family, shared by the table and the summary: every finished trial of `loss_setting`
     compared with that setting's joint-training baseline -- the confirmations and the search's own trials,
@@ -178,16 +186,17 @@ def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc"
     setting = done["loss_setting"] if "loss_setting" in done else pd.Series(None, index=done.index, dtype=object)
     same = setting.isna() if pd.isna(loss_setting) else setting == loss_setting
     members = done[same & (roles(done) != "baseline") & (done["trial_id"] != base.get("trial_id"))]
-    diffs = compare_to_baseline([seed_values(r, key) for _, r in members.iterrows()], seed_values(base, key))
+    diffs = compare_to_baseline([seed_values(r, key) for _, r in members.iterrows()], seed_values(base, key),
+                                margin=margin)
     return base, dict(zip(members["trial_id"], diffs))
 
 
-def _add_deltas(out: pd.DataFrame, done: pd.DataFrame) -> None:
+def _add_deltas(out: pd.DataFrame, done: pd.DataFrame, margin: float) -> None:
     for c in ("delta", "delta_ci_low", "delta_ci_high", "delta_p", "within_noise", "verdict"):
         out[c] = None
     out["is_baseline"] = False
     for setting in out["loss_setting"].drop_duplicates():
-        base, family = holm_family(done, setting)
+        base, family = holm_family(done, setting, margin=margin)
         if base is None:
             continue
         out.loc[out["trial_id"] == base.get("trial_id"), "is_baseline"] = True
@@ -215,14 +224,14 @@ def _header(name: str) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     """Percent, `mean ± std [95 % CI]` over seeds (one seed: the value alone, never "± 0.00"); the best
     accuracies and the smallest gap within each loss setting in bold; Δ vs joint with its CI, the Holm p and
-    whether it is within noise; the TOST verdict at ±1 point."""
+    whether it is within noise; the TOST verdict at the study's margin (comparison_table's attrs["margin"])."""
     if table.empty:
         return "_no finished trial_\n"
     qty = [c for c in table.columns if c in HEADERS or c.startswith(("acc_", "shapley_"))
            if not c.endswith(("_std", "_ci_low", "_ci_high"))]
     show_role = table["role"].nunique() > 1
     headers = ["Method", *(["Role"] if show_role else []), "Loss", "n", *(_header(c) for c in qty),
-               "Δ vs joint", "p (Holm)", "Verdict (±1 pt)"]
+               "Δ vs joint", "p (Holm)", f"Verdict (±{100 * table.attrs.get('margin', MARGIN):g} pt)"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     # Bold the best within each loss setting; once confirmation trials exist, among them and the baseline
     # only (a one-seed search trial's best epoch is the optimistic number confirmation replaces).

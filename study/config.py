@@ -55,6 +55,10 @@ METRIC_HELP = ("val_acc, val_f1, val_gap, val_imbalance, val_acc_<modality>, val
                "best_<name>), train_loss")
 
 
+# The TOST equivalence margin's one default, in accuracy points (analysis.stats.MARGIN is it in accuracy units).
+EQUIVALENCE_MARGIN = 1.0
+
+
 class MetricConfig(Strict):
     name: str = Field("val_acc", description=f"a reported key: {METRIC_HELP}")
     mode: Literal["max", "min"] = "max"
@@ -169,7 +173,8 @@ class StudyConfig(Strict):
     methods: list[str | dict[str, Any]] = Field(
         default_factory=list, description="benchmark mode: balancer names, or name: {fixed fields}; each searches "
         "its own space with num_samples trials (study/methods.py)")
-    equivalence_margin: float = Field(1.0, gt=0, le=100, description="TOST margin in accuracy points (benchmark report)")
+    equivalence_margin: float = Field(EQUIVALENCE_MARGIN, gt=0, le=100,
+                                      description="TOST margin in accuracy points (every report's verdict)")
 
     _space: SearchSpace = PrivateAttr()
     _trial: TrialConfig = PrivateAttr()

@@ -361,3 +361,22 @@ def test_table_one_is_welch_holm_and_tost_on_each_methods_confirmed_seeds():
     assert text.endswith("Not testable (no confirmed result with 2+ seeds): `none`.")
     trials.attrs["config"]["equivalence_margin"] = 0.001  # ±0.001 points: mm can no longer be shown equivalent
     assert benchmark_table(trials, "val_acc", "max").at[2, "verdict"] == "inconclusive"
+
+
+def test_each_methods_confirmed_row_follows_the_studys_ranking_rule_with_all_its_metrics():
+    """Two confirmations of one method tie on best_val_acc; with the study's metrics [val_acc max, val_gap min]
+    the ranking rule (Pareto front first) picks the one with the smaller gap, whichever row comes first, and
+    the benchmark summary (the study's config) picks the same."""
+    import pandas as pd
+
+    from analysis.benchmark import benchmark_table
+
+    metric = [{"name": "val_acc", "mode": "max"}, {"name": "val_gap", "mode": "min"}]
+    rows = [_row("b", "baseline", None, [0.8, 0.81, 0.79]),
+            _row("c_wide", "confirm", "ogm_ge", [0.70, 0.71, 0.69], val=0.9, best_val_gap=0.30, confirms="s1"),
+            _row("c_narrow", "confirm", "ogm_ge", [0.85, 0.86, 0.84], val=0.9, best_val_gap=0.10, confirms="s2")]
+    for order in (rows, rows[::-1]):
+        trials = pd.DataFrame(order)
+        trials.attrs.update(study="t", config={"methods": ["ogm_ge"], "metric": metric})
+        table = benchmark_table(trials, ["val_acc", "val_gap"], ["max", "min"])
+        assert table.loc[table["method"] == "ogm_ge", "trial_id"].item() == "c_narrow"

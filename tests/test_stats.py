@@ -168,3 +168,20 @@ def test_a_comparisons_joint_training_variant_is_never_its_own_answer():
     method = dict(CONF_1, trial_id="m", role="compare")
     s = study_summary(_frame([joint, method]), "best_val_acc", "max")
     assert s.best_trial_id == "m" and s.metrics["best_minus_baseline"] == pytest.approx(0.93 - 0.91)
+
+
+@pytest.mark.parametrize("points, verdict", [(None, "inconclusive"), (1.0, "inconclusive"), (5.0, "equivalent")])
+def test_the_studys_equivalence_margin_decides_every_verdict_and_its_wording(points, verdict):
+    """c1 is 2 points above joint training (sd 1 point, n 3): equivalent within ±5 points, inconclusive at ±1. The
+    summary, the comparison table and its markdown all use the study's `equivalence_margin` (default: the
+    config's, ±1 point)."""
+    from analysis.tables import comparison_table, to_markdown
+
+    config = {} if points is None else {"equivalence_margin": points}
+    shown = 1 if points is None else points
+    trials = _frame([BASE, dict(CONF_1, role="search")], config)
+    s = study_summary(trials, "val_acc", "max")
+    assert f"at a ±{shown:g}-point margin: {verdict}" in s.text, s.text
+    table = comparison_table(trials)
+    assert table.loc[table["trial_id"] == "c1", "verdict"].item() == verdict
+    assert f"Verdict (±{shown:g} pt)" in to_markdown(table)
