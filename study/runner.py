@@ -186,7 +186,7 @@ def summarize(study: records.Study):
             from analysis.benchmark import benchmark_summary
 
             return benchmark_summary(load_study(str(study.dir)))
-        return study_summary(load_study(str(study.dir)), cfg.metric.name, cfg.metric.mode)
+        return study_summary(load_study(str(study.dir)), cfg.metric.names, cfg.metric.modes)
     except Exception as err:  # noqa: BLE001 -- a summary that cannot be computed must not fail a finished study
         print(f"mmstudy: warning: no summary ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); "
               f"`mmstudy report {study.dir}` has the tables")

@@ -199,3 +199,23 @@ def test_the_trainable_reports_the_validation_gap_per_seed_and_at_the_best_epoch
     assert out["best_val_gap"] == pytest.approx((0.6 + 0.1) / 2)  # |difference| per seed, then the mean
     assert out["best_val_gap/seed_0"] == pytest.approx(0.6) and out["best_val_gap/seed_1"] == pytest.approx(0.1)
     assert "val_gap" not in records[0]  # the trainer's own history is not changed
+
+
+def test_the_end_of_run_summary_ranks_by_every_metric_of_the_study(monkeypatch):
+    """runner.summarize hands study_summary the study's full metric/mode lists, as the report does: y and z tie
+    on validation accuracy, z has the smaller gap, so with [val_acc max, val_gap min] z is the best (by the
+    first metric alone the tie would go to the smaller trial id, y)."""
+    from types import SimpleNamespace
+
+    import analysis.load
+    from study.config import load_study_config
+    from study.runner import summarize
+
+    cfg = load_study_config(None, raw={"name": "mo", "search_space": "redreg",
+                                       "trial": {"epochs": 2, "dataset": {"name": "synthetic", "size": "tiny"}},
+                                       "metric": [{"name": "val_acc", "mode": "max"}, {"name": "val_gap", "mode": "min"}]})
+    trials = _frame([BASE, dict(A, trial_id="y", best_val_acc=0.9, best_val_gap=0.30),
+                     dict(C, trial_id="z", best_val_acc=0.9, best_val_gap=0.05)])
+    monkeypatch.setattr(analysis.load, "load_study", lambda study, tracking_uri=None: trials)  # the records, read
+    summary = summarize(SimpleNamespace(config=cfg, dir="unused"))
+    assert summary is not None and summary.best_trial_id == "z"
