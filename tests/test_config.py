@@ -175,3 +175,24 @@ def test_a_variant_named_with_parentheses_survives_report_from_the_experiment_na
         records.check_new(cfg)  # the name is taken
     # `mmstudy ui` on a tracking server (prints the runs-table link, starts nothing; the server must answer):
     # tests/test_faults.py::test_mlflow_going_away_mid_study_loses_nothing, against a real server
+
+
+def test_every_reconboost_search_point_gives_every_modality_a_turn_at_the_shipped_trial_lengths():
+    """ReconBoost's schedule (the balancer's own phase/turn): each sampled epochs_per_stage, with the default
+    correct_epochs, reaches the second modality's turn within every shipped study's trial length."""
+    from pathlib import Path
+
+    import yaml
+
+    from search_spaces import load_space
+    from trainables.balancers.reconboost import ReconBoost, ReconBoostParams
+
+    spec = load_space("reconboost").params["balancer.epochs_per_stage"]
+    lengths = {yaml.safe_load(p.read_text())["trial"]["epochs"]
+               for p in (Path(__file__).parent.parent / "study" / "configs").glob("*.yaml")}
+    assert lengths and spec.grid and max(spec.grid) <= spec.high
+    for epochs in sorted(lengths):
+        for per_stage in range(int(spec.low), int(spec.high) + 1):
+            rb = ReconBoost(ReconBoostParams(epochs_per_stage=per_stage), ["audio", "visual"])
+            turns = {rb.turn(rb.phase(e)[0]) for e in range(epochs) if rb.phase(e)[1]}
+            assert turns == {"audio", "visual"}, (epochs, per_stage)
