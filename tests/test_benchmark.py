@@ -380,3 +380,12 @@ def test_each_methods_confirmed_row_follows_the_studys_ranking_rule_with_all_its
         trials.attrs.update(study="t", config={"methods": ["ogm_ge"], "metric": metric})
         table = benchmark_table(trials, ["val_acc", "val_gap"], ["max", "min"])
         assert table.loc[table["method"] == "ogm_ge", "trial_id"].item() == "c_narrow"
+
+
+@pytest.mark.parametrize("name", ["crema_d_benchmark", "kinetics_sounds_benchmark"])
+def test_paper_scale_benchmarks_validate_and_list_every_balancer(name):
+    """Every registered balancer is benchmarked at paper scale (OGM without GE is covered by ogm_ge)."""
+    from trainables.balancers.registry import balancer_names
+
+    cfg = load_study_config(str(Path(__file__).parent.parent / "study" / "configs" / f"{name}.yaml"))
+    assert set(balancer_names()) - {m.name for m in cfg.methods_resolved()} == {"ogm"}
