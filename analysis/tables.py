@@ -40,7 +40,8 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
 
 def seed_values(row: pd.Series, key: str) -> list[float]:
     """Per-seed values at each seed's best validation epoch, e.g. key='test_acc' reads `best_test_acc/seed_<s>`.
-    `<split>_gap` is derived per seed: max minus min of the unimodal accuracies (|audio - visual| for two)."""
+    `<split>_gap` is derived per seed (trainables.metrics.modality_gap) for trials recorded before the trainable
+    reported it."""
     prefix = f"best_{key}/seed_"
     cols = sorted((c for c in row.index if isinstance(c, str) and c.startswith(prefix) and pd.notna(row[c])),
                   key=lambda c: int(c[len(prefix):]) if c[len(prefix):].isdigit() else c)
@@ -49,7 +50,9 @@ def seed_values(row: pd.Series, key: str) -> list[float]:
         per_mod = [v for m in _row_modalities(row, split) if (v := seed_values(row, f"{split}_acc_{m}"))]
         if len(per_mod) < 2 or len({len(v) for v in per_mod}) != 1:
             return []
-        return [max(vals) - min(vals) for vals in zip(*per_mod)]
+        from trainables.metrics import modality_gap  # torch: imported only for such trials
+
+        return [modality_gap(vals) for vals in zip(*per_mod)]
     values = [float(row[c]) for c in cols]
     if not values and row.get("num_seeds") == 1 and pd.notna(row.get(f"best_{key}")):
         values = [float(row[f"best_{key}"])]  # one seed: the trial's own value is the seed's
@@ -66,7 +69,9 @@ def seed_stats(row: pd.Series, key: str) -> SeedSummary:
     if (mean is None or pd.isna(mean)) and key.endswith("_gap"):
         split = key[:-len("_gap")]
         accs = [row[f"best_{split}_acc_{m}"] for m in _row_modalities(row, split) if pd.notna(row[f"best_{split}_acc_{m}"])]
-        mean = max(accs) - min(accs) if len(accs) >= 2 else None
+        from trainables.metrics import modality_gap
+
+        mean = modality_gap(accs)
         row = row.drop(labels=[f"best_{key}_std"], errors="ignore")  # the gap's spread was never recorded
     if mean is None or pd.isna(mean):
         return seed_summary([])

@@ -219,3 +219,20 @@ def test_the_end_of_run_summary_ranks_by_every_metric_of_the_study(monkeypatch):
     monkeypatch.setattr(analysis.load, "load_study", lambda study, tracking_uri=None: trials)  # the records, read
     summary = summarize(SimpleNamespace(config=cfg, dir="unused"))
     assert summary is not None and summary.best_trial_id == "z"
+
+
+def test_the_trainable_and_the_report_share_one_modality_gap_rule():
+    """trainables.metrics.modality_gap (max - min of the unimodal accuracies) is what the trainable reports and
+    what the report derives for a trial recorded without per-seed gaps, here with three modalities."""
+    from analysis.tables import seed_stats, seed_values
+    from trainables.metrics import modality_gap
+    from trainables.tune_trainable import with_gaps
+
+    seeds = [{"audio": 0.7, "visual": 0.4, "text": 0.9}, {"audio": 0.5, "visual": 0.8, "text": 0.6}]
+    gaps = [with_gaps({f"test_acc_{m}": v for m, v in s.items()})["test_gap"] for s in seeds]
+    assert gaps == [modality_gap(s.values()) for s in seeds] and gaps == pytest.approx([0.5, 0.3])
+    row = pd.Series({f"best_test_acc_{m}/seed_{i}": s[m] for i, s in enumerate(seeds) for m in s})
+    assert seed_values(row, "test_gap") == pytest.approx(gaps)
+    means = pd.Series({"num_seeds": 2, **{f"best_test_acc_{m}": np.mean([s[m] for s in seeds]) for m in seeds[0]}})
+    assert seed_stats(means, "test_gap").mean == pytest.approx(modality_gap(means[1:]))
+    assert modality_gap([0.9]) is None

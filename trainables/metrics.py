@@ -4,6 +4,8 @@ score): one home each, so every balancer reads confidence the same way.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,14 @@ def macro_f1(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> flo
     present = (predicted + actual) > 0
     f1 = torch.where(predicted + actual > 0, 2 * tp / (predicted + actual).clamp(min=1), torch.zeros_like(tp))
     return float(f1[present].mean()) if present.any() else 0.0
+
+
+def modality_gap(accuracies: Iterable[float]) -> float | None:
+    """The modality gap: the largest minus the smallest unimodal head accuracy (|audio - visual| for two
+    modalities); None with fewer than two. The trainable reports it per seed, the report derives it for
+    trials recorded before that."""
+    accs = list(accuracies)
+    return max(accs) - min(accs) if len(accs) >= 2 else None
 
 
 def true_class_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from ray import tune
 from search_spaces import apply_point
 from trainables.config import TrialConfig, build_trial_config
 from trainables.data.base import DatasetBundle
+from trainables.metrics import modality_gap
 from trainables.provenance import collect, to_json
 from trainables.trainer import Trainer, TrialDiverged
 
@@ -34,13 +35,13 @@ def trial_configs(base: dict[str, Any], point: dict[str, Any], seeds: list[int])
 
 
 def with_gaps(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with `val_gap`/`test_gap`: max - min of the unimodal heads' accuracies (|audio - visual| for
-    two modalities), per seed, so a study can search it (`metric: [..., {name: val_gap, mode: min}]`)."""
+    """The record with `val_gap`/`test_gap` (trainables.metrics.modality_gap of the unimodal heads'
+    accuracies), per seed, so a study can search it (`metric: [..., {name: val_gap, mode: min}]`)."""
     gaps = {}
     for split in ("val", "test"):
-        accs = [v for k, v in record.items() if k.startswith(f"{split}_acc_") and isinstance(v, (int, float))]
-        if len(accs) >= 2:
-            gaps[f"{split}_gap"] = max(accs) - min(accs)
+        gap = modality_gap(v for k, v in record.items() if k.startswith(f"{split}_acc_") and isinstance(v, (int, float)))
+        if gap is not None:
+            gaps[f"{split}_gap"] = gap
     return {**record, **gaps}
 
 
