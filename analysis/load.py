@@ -17,8 +17,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.config import default_tracking_uri
-from study.records import SNAPSHOT_ARTIFACT, STUDY_FILE
+from study.records import SNAPSHOT_ARTIFACT, STUDY_FILE, study_tracking_uri
 from trainables.config import flatten
 from trainables.errors import ConfigError
 
@@ -37,11 +36,11 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     """A study folder (reads study.json) or an MLflow experiment name / study name (reads the snapshot the
     parent run keeps as an artifact). Either way the config is the study's snapshot, never the live YAML."""
     path = Path(study)
+    uri = study_tracking_uri(study, tracking_uri)
     if (path / STUDY_FILE).is_file():
         info = json.loads((path / STUDY_FILE).read_text())
-        return StudyRef(info["name"], tracking_uri or info["tracking_uri"], info["experiment_id"],
-                        info["parent_run_id"], info["config"], str(path.resolve()))
-    uri = tracking_uri or default_tracking_uri()
+        return StudyRef(info["name"], uri, info["experiment_id"], info["parent_run_id"], info["config"],
+                        str(path.resolve()))
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(study) or client.get_experiment_by_name(f"mmstudy/{study}")
     if exp is None:

@@ -137,13 +137,19 @@ def connect(tracking_uri: str):
     return client
 
 
-def existing_store(study: str, tracking_uri: str | None = None) -> str:
-    """The tracking URI a study folder or experiment name is read from (`report`, `ui`: the override, else the
-    folder's study.json, else the default store), proven to exist and answer: a server that is down or a SQLite
-    file that is not there is one line naming the URI, never a traceback or a new empty store."""
+def study_tracking_uri(study: str, tracking_uri: str | None = None) -> str:
+    """The tracking URI a study folder or experiment name is read from (`report`, `ui`, analysis.load): the
+    override, else the folder's study.json, else the default store."""
     snapshot = Path(study) / STUDY_FILE
-    uri = tracking_uri or (json.loads(snapshot.read_text())["tracking_uri"] if snapshot.is_file()
-                           else default_tracking_uri())
+    if tracking_uri:
+        return tracking_uri
+    return json.loads(snapshot.read_text())["tracking_uri"] if snapshot.is_file() else default_tracking_uri()
+
+
+def existing_store(study: str, tracking_uri: str | None = None) -> str:
+    """`study_tracking_uri`, proven to exist and answer: a server that is down or a SQLite file that is not
+    there is one line naming the URI, never a traceback or a new empty store."""
+    uri = study_tracking_uri(study, tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"tracking_uri: no MLflow store at '{uri}' (no such SQLite file)")
     connect(uri)

@@ -230,3 +230,19 @@ def test_multi_objective_report_draws_the_pareto_front_with_the_baseline(tmp_pat
     assert_real_png(tmp_path / "out" / "pareto.png")
     points = np.array([[0.9, 0.3], [0.8, 0.1], [0.7, 0.2], [0.9, 0.4]])
     assert list(pareto_front(points, ["max", "min"])) == [0, 1]
+
+
+def test_a_study_folder_is_read_from_one_tracking_uri_rule(tmp_path):
+    """analysis.load.resolve_study and records.existing_store (report, ui) read the store with one rule
+    (records.study_tracking_uri): the override, else the folder's study.json."""
+    from analysis.load import resolve_study
+    from study.records import STUDY_FILE, existing_store, study_tracking_uri
+
+    folder_uri = f"sqlite:///{tmp_path / 'gone.db'}"
+    (tmp_path / STUDY_FILE).write_text(json.dumps({"name": "s", "tracking_uri": folder_uri, "experiment_id": "1",
+                                                   "parent_run_id": "p", "config": {}}))
+    assert resolve_study(str(tmp_path)).tracking_uri == study_tracking_uri(str(tmp_path)) == folder_uri
+    override = f"sqlite:///{tmp_path / 'other.db'}"
+    assert resolve_study(str(tmp_path), override).tracking_uri == study_tracking_uri(str(tmp_path), override) == override
+    with pytest.raises(ConfigError, match=f"no MLflow store at '{folder_uri}'"):
+        existing_store(str(tmp_path))
