@@ -11,7 +11,7 @@ from trainables.balancers.registry import balancer_names
 from trainables.config import build_trial_config
 from trainables.errors import ConfigError
 from trainables.data.base import DatasetBundle, ModalitySpec, MultimodalTensorDataset
-from trainables.data.registry import register_dataset
+from trainables.data.registry import registered_dataset
 from trainables.trainer import Trainer
 
 FUSIONS = ["concat", "sum", "film", "gated", "late"]
@@ -68,7 +68,10 @@ def _three_vectors(_params) -> DatasetBundle:
     return DatasetBundle("three_vectors", specs, 3, split(32), split(16), split(16))
 
 
-register_dataset("three_vectors", ThreeVectorsParams, _three_vectors)
+@pytest.fixture(autouse=True, scope="module")
+def _three_vectors_dataset():
+    with registered_dataset("three_vectors", ThreeVectorsParams, _three_vectors):  # only while this file's tests run
+        yield
 
 
 @pytest.mark.parametrize("balancer", ["redreg", "ogm", "ogm_ge", "bmm", "inforeg", "cal"])

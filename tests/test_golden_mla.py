@@ -12,7 +12,7 @@ from reference import mla as reference
 from trainables.balancers.mla import batch_entropy, fusion_weights, projection_alpha, projector_update
 from trainables.config import build_trial_config
 from trainables.data.base import DatasetBundle, ModalitySpec, MultimodalTensorDataset
-from trainables.data.registry import register_dataset
+from trainables.data.registry import registered_dataset
 from trainables.errors import ConfigError
 from trainables.trainer import Trainer
 
@@ -59,7 +59,10 @@ def _three(_params) -> DatasetBundle:
     return DatasetBundle("mla_three", {m: ModalitySpec("vector", (6,)) for m in names}, 3, split(64), split(16), split(16))
 
 
-register_dataset("mla_three", _ThreeParams, _three)
+@pytest.fixture(autouse=True, scope="module")
+def _mla_three_dataset():
+    with registered_dataset("mla_three", _ThreeParams, _three):  # only while this file's tests run
+        yield
 
 
 def test_mla_three_modalities_match_the_loop():

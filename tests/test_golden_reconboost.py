@@ -9,7 +9,7 @@ from reference import reconboost
 from trainables.balancers.reconboost import boosting_loss
 from trainables.config import build_trial_config
 from trainables.data.base import DatasetBundle, ModalitySpec, MultimodalTensorDataset
-from trainables.data.registry import register_dataset
+from trainables.data.registry import registered_dataset
 from trainables.errors import ConfigError
 from trainables.trainer import Trainer
 
@@ -65,7 +65,10 @@ def _three(_params) -> DatasetBundle:
     return DatasetBundle("three_vectors_rb", specs, 3, split(64), split(16), split(16))
 
 
-register_dataset("three_vectors_rb", ThreeParams, _three)
+@pytest.fixture(autouse=True, scope="module")
+def _three_vectors_rb_dataset():
+    with registered_dataset("three_vectors_rb", ThreeParams, _three):  # only while this file's tests run
+        yield
 
 
 def test_reconboost_three_modalities_match_the_authors_loop():

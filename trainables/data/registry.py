@@ -1,7 +1,8 @@
 """Dataset plug-ins by name: each has a params model (validated in the trial config) and a builder."""
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from pydantic import BaseModel
 
@@ -17,6 +18,22 @@ def register_dataset(name: str, params: type[BaseModel], build: Callable[[BaseMo
     _DATASETS[name] = (params, build)
     if layout is not None:
         _LAYOUTS[name] = layout
+
+
+@contextmanager
+def registered_dataset(name: str, params: type[BaseModel], build: Callable[[BaseModel], DatasetBundle]
+                       ) -> Iterator[None]:
+    """A dataset plug-in registered only inside the block (a test's own data): the registry is left as it
+    was, so other code never sees it in its list of allowed datasets."""
+    previous = _DATASETS.get(name)
+    register_dataset(name, params, build)
+    try:
+        yield
+    finally:
+        if previous is None:
+            _DATASETS.pop(name, None)
+        else:
+            _DATASETS[name] = previous
 
 
 def dataset_layout(name: str):
