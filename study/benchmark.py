@@ -13,7 +13,6 @@ a trial of any method.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
 from study.config import StudyConfig
-from study.search import (OPTUNA_FILE, StudyASHA, already_recorded_in_optuna, close_orphaned_proposals,
-                          confirmable_values, optuna_searcher, planned_trials, top_trials, trial_spec)
+from study.search import (OPTUNA_FILE, CheckpointedSearcher, StudyASHA, already_recorded_in_optuna,
+                          close_orphaned_proposals, complete_in_optuna, confirmable_values, optuna_searcher,
+                          planned_trials, top_trials, trial_spec)
 
 METHOD_KEY = "method"  # in a trial's Tune config, next to point / role / seeds; MLflow tag mmstudy.method
 
@@ -37,7 +37,7 @@ def method_spec(point: dict[str, Any], role: str, seeds: list[int], label: str,
     return {**trial_spec(point, role, seeds, confirms), METHOD_KEY: label}
 
 
-class BenchmarkSearcher(Searcher):
+class BenchmarkSearcher(CheckpointedSearcher):
     """Planned trials first (baseline, fixed methods), then the confirmations of methods whose search has
     ended, then the methods' Optuna proposals in turn until each has had `num_samples`."""
 
@@ -130,22 +130,11 @@ class BenchmarkSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.owner:
             return
-        diverged = bool(result and result.get("diverged"))
-        with already_recorded_in_optuna():
-            self.optuna[self.owner[trial_id]].on_trial_complete(trial_id, result=None if diverged else result,
-                                                                error=error or diverged)
+        complete_in_optuna(self.optuna[self.owner[trial_id]], trial_id, result, error)
         point = self.open_search.pop(trial_id, None)
         values = confirmable_values(result, self.metrics, error)
         if point is not None and values is not None:
             self.ended_search[trial_id] = (values, point)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__.copy(), fh)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
 
 
 class MethodASHA(FIFOScheduler):

@@ -111,7 +111,28 @@ def top_trials(ended: dict[str, dict[str, float]], metrics: list[str], modes: li
     return list(rank_trials(rows, metrics, modes, epochs)["trial_id"].head(top_k))
 
 
-class StudySearcher(Searcher):
+def complete_in_optuna(optuna, trial_id: str, result: dict | None, error: bool) -> None:
+    """Tell the trial's Optuna searcher it ended; a diverged trial is a failed Optuna trial (its NaN is no
+    objective value)."""
+    diverged = bool(result and result.get("diverged"))
+    with already_recorded_in_optuna():
+        optuna.on_trial_complete(trial_id, result=None if diverged else result, error=error or diverged)
+
+
+class CheckpointedSearcher(Searcher):
+    """A searcher whose whole state travels in Tune's experiment checkpoint (so a resume neither repeats nor
+    loses a planned or confirmation trial)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__.copy(), fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+
+class StudySearcher(CheckpointedSearcher):
     """Planned trials first (baseline, grid points), then `num_samples` proposals from Optuna, then -- once every
     search trial has ended -- the top-k search configurations by the study's metric and mode, re-trained with
     the confirmation seeds. Its whole state is checkpointed with Tune's experiment, so a resume neither repeats
@@ -184,22 +205,12 @@ class StudySearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.from_optuna:
-            diverged = bool(result and result.get("diverged"))
-            with already_recorded_in_optuna():
-                self.optuna.on_trial_complete(trial_id, result=None if diverged else result, error=error or diverged)
+            complete_in_optuna(self.optuna, trial_id, result, error)
         if trial_id in self.open_search:
             point = self.open_search.pop(trial_id)
             values = confirmable_values(result, self.metrics, error)
             if values is not None:
                 self.ended_search[trial_id] = (values, point)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__.copy(), fh)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
 
 
 @contextlib.contextmanager
