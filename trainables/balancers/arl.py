@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.balancers.base import Balancer, State, StepAverager, variant_defaults
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -82,12 +82,7 @@ class ARLParams(BaseModel):
     clip_norm: float = Field(40.0, ge=0, description="gradient-norm clip every step (code: 40; 0 = off)")
     apply_weights: bool = Field(True, description="use the computed weights (README); false = the released code's 0.5")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_variant(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("variant") == "code":
-            data = {**CODE_VARIANT, **data}
-        return data
+    _apply_variant = variant_defaults("code", CODE_VARIANT)
 
 
 # ----------------------------------------------------------------------------- balancer

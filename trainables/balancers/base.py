@@ -9,8 +9,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
+
+
+def variant_defaults(variant: str, defaults: dict[str, Any]):
+    """A Params validator: `variant: <variant>` switches these fields' defaults (the paper's or the authors'
+    code's reading); fields given explicitly keep their values."""
+    def apply(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("variant") == variant:
+            data = {**defaults, **data}
+        return data
+    return model_validator(mode="before")(classmethod(apply))
 
 
 class NoParams(BaseModel):

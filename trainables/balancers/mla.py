@@ -32,10 +32,10 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.balancers.base import Balancer, State, StepAverager, variant_defaults
 
 PAPER_VARIANT = {"projection": True, "entropy": "sample"}
 
@@ -93,12 +93,7 @@ class MLAParams(BaseModel):
     test_fusion: Literal["dynamic", "mean"] = Field("dynamic", description="entropy-weighted (code --dynamic) "
                                                                            "or equal weights (code's fixed)")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_variant(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("variant") == "paper":
-            data = {**PAPER_VARIANT, **data}
-        return data
+    _apply_variant = variant_defaults("paper", PAPER_VARIANT)
 
 
 # ----------------------------------------------------------------------------- balancer

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.balancers.base import Balancer, State, StepAverager, variant_defaults
 
 PAPER_VARIANT = {"agree_when": "ge", "rescale_scope": "encoder"}
 
@@ -83,12 +83,7 @@ class MMParetoParams(BaseModel):
     rescale_scope: Literal["tensor", "encoder"] = Field(
         "tensor", description="norms for the rescaling: per parameter tensor (code) or over the encoder")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_variant(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("variant") == "paper":
-            data = {**PAPER_VARIANT, **data}
-        return data
+    _apply_variant = variant_defaults("paper", PAPER_VARIANT)
 
 
 class MMPareto(Balancer):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.balancers.base import Balancer, State, StepAverager, variant_defaults
 # Eq. 14 (p_m), Eq. 16 (S) and Eq. 20 (red_m) live in metrics.py: the dynamics traces use them too.
 from trainables.metrics import growth_rate, redundancy_score, true_class_prob
 from trainables.models.encoders import FramesEncoder
@@ -133,12 +133,7 @@ class RedRegParams(BaseModel):
     dropout_end: float = Field(0.1, ge=0, le=1)
     dropout_frac: float = Field(0.3, gt=0, le=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_variant(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("variant") == "code":
-            data = {**CODE_VARIANT, **data}
-        return data
+    _apply_variant = variant_defaults("code", CODE_VARIANT)
 
     @model_validator(mode="after")
     def _check(self) -> "RedRegParams":
