@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dataset_fixtures import write_crema_d
-from golden import build, crema_d_config, run_golden, tiny_config
+from golden import build, crema_d_config, default_dtype, run_golden, tiny_config
 from reference import bmm
 from trainables.balancers.bmm import masked_modality_scores
 
@@ -40,12 +40,13 @@ def test_bmm_measures_rho_on_the_tensors_the_model_trains_on(tmp_path):
     """On CREMA-D the loader yields uint8 frames; the model sees them scaled and normalised. B-MM's scores
     must be those of the normalised frames, which differ from the raw ones on this fixture."""
     root = write_crema_d(tmp_path / "crema")
-    trainer, ref = build(crema_d_config(root, {"name": "bmm", "warmup_epochs": 0}, epochs=1))
-    trainer.train_epoch()
-    raw = [(x, y) for epoch in ref.raw_batches for x, y in epoch]
-    assert raw[0][0]["visual"].dtype == torch.uint8
-    args = (trainer.model, raw, trainer.modalities)
-    ours = masked_modality_scores(*args, trainer.state.model_input, trainer.device)
-    as_floats = masked_modality_scores(*args, lambda x: {m: t.float() for m, t in x.items()}, trainer.device)
+    with default_dtype():
+        trainer, ref = build(crema_d_config(root, {"name": "bmm", "warmup_epochs": 0}, epochs=1))
+        trainer.train_epoch()
+        raw = [(x, y) for epoch in ref.raw_batches for x, y in epoch]
+        assert raw[0][0]["visual"].dtype == torch.uint8
+        args = (trainer.model, raw, trainer.modalities)
+        ours = masked_modality_scores(*args, trainer.state.model_input, trainer.device)
+        as_floats = masked_modality_scores(*args, lambda x: {m: t.double() for m, t in x.items()}, trainer.device)
     assert trainer.balancer.rho == pytest.approx(ours["audio"] / ours["visual"], rel=1e-6)
     assert abs(ours["visual"] - as_floats["visual"]) > 1e-3 * ours["visual"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from golden import run_golden, tiny_config
+from golden import default_dtype, run_golden, tiny_config
 from reference import gblend
 from trainables.balancers.gblend import blend_weights
 from trainables.config import build_trial_config
@@ -14,7 +14,13 @@ from trainables.trainer import Trainer
 
 
 def _holdout_batches(raw, fraction):
-    """The held-out part, split here independently: a seeded permutation, the first round(f * n) indices."""
+    """The held-out part, split here independently: a seeded permutation, the first round(f * n) indices;
+    made in float64, the dtype of the golden runs."""
+    with default_dtype():
+        return _split_holdout(raw, fraction)
+
+
+def _split_holdout(raw, fraction):
     cfg = build_trial_config(raw)
     data = build_dataset(cfg.dataset.name, cfg.dataset_params())
     n = len(data.train)

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from trainables.precision import upcast
+
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     idx = labels.long() * num_classes + preds.long()
@@ -40,8 +42,8 @@ def modality_gap(accuracies: Iterable[float]) -> float | None:
 
 
 def true_class_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """softmax(logits)[i, y_i] per sample, detached and in float32 (a measurement, never a loss)."""
-    return F.softmax(logits.detach().float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    """softmax(logits)[i, y_i] per sample, detached and in at least float32 (a measurement, never a loss)."""
+    return F.softmax(upcast(logits.detach()), dim=1).gather(1, labels[:, None]).squeeze(1)
 
 
 def true_class_prob(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -63,4 +65,4 @@ def redundancy_score(z1: torch.Tensor, z2: torch.Tensor, x1: torch.Tensor, x2: t
                      reduce: str = "sum") -> torch.Tensor:
     """RedReg Eq. 20: ||Z1 - Z2||^2 / (||x1 - x2||^2 + eps); `reduce='mean'` is the authors' code (means)."""
     agg = torch.sum if reduce == "sum" else torch.mean
-    return agg((z1 - z2).float() ** 2) / (agg((x1 - x2).float() ** 2) + eps)
+    return agg(upcast(z1 - z2) ** 2) / (agg(upcast(x1 - x2) ** 2) + eps)

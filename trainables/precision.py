@@ -3,6 +3,7 @@
 Only the forward pass and the loss run under autocast. Parameters, their gradients and optimizer state stay
 fp32, and every balancer hook that runs after the backward pass (OGM's scores, InfoReg's Fisher trace,
 RedReg's monitor and projection) runs outside autocast, in fp32 (docs/balancers.md, "Precision").
+A measurement taken of autocast outputs (a score, an entropy, a probability) is `upcast` first.
 """
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision: 'bf16' is not supported by this GPU; allowed here: auto, fp32, fp16")
     return name
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """`x` in at least float32: autocast's bf16/fp16 outputs are raised to float32 before a balancer
+    measures them; float32 stays as it is, and float64 (the golden tests' dtype) is never lowered."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class Precision:

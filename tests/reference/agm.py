@@ -2,7 +2,8 @@
 5a65542c70b1c7c15c5df291e77fa9cf2bbb9549): `GradMod` (identity modules with full backward hooks that scale
 the mono-modal responses' gradients, masked passes in eval mode) and `train` in run/CREMAD_main.py (scores,
 running means over `iteration`, coefficients, the clipping rule). Epochs are 1-based here as in the code.
-Does not import the project's balancer."""
+Keeps `ref.fusion_grad_range`: per step, the range of the gradients the clipping rule tests. Does not import
+the project's balancer."""
 from __future__ import annotations
 
 import math
@@ -32,6 +33,7 @@ def train(ref, alpha=1.0, modulation_starts=0, modulation_ends=19):
             x[v] = torch.zeros_like(x[v])
         return ref.model.fuse({m: ref.model.encoder(m)(x[m]) for m in (a, v)})
 
+    ref.fusion_grad_range = []  # per step: (max, min) over the fusion weights' gradients, before the clip
     train_score_a = train_score_v = 0.0
     total_batch = ref.steps_per_epoch
     for epoch in range(1, ref.num_epochs + 1):
@@ -69,6 +71,8 @@ def train(ref, alpha=1.0, modulation_starts=0, modulation_ends=19):
                 scale["a"], scale["v"] = coeff_a, coeff_v
             loss.backward()
             weights = [p for p in ref.model.fusion.parameters() if p.dim() >= 2]
+            ref.fusion_grad_range.append((max(float(torch.max(p.grad)) for p in weights),
+                                          min(float(torch.min(p.grad)) for p in weights)))
             if any(torch.max(p.grad) > 1 or torch.min(p.grad) < -1 for p in weights):
                 nn.utils.clip_grad_norm_(ref.model.parameters(), max_norm=1.0)
             ref.optimizer.step()

@@ -4,7 +4,8 @@ asymmetric softmax weights, gamma-weighted unimodal losses, clip to norm 40), `G
 models/backbone.py (applied here, as there, to the encoder's feature map before pooling) and the *_AUXI
 fusions (unimodal logits = the fused head with the other modality's features zeroed).
 `apply_weights=True` writes the computed weights back into `args` (what the README describes); the released
-file leaves them at the warm-up's 0.5 (`apply_weights=False`). Does not import the project's balancer."""
+file leaves them at the warm-up's 0.5 (`apply_weights=False`). Keeps `ref.entropy_shares` per step. Does not
+import the project's balancer."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -30,6 +31,7 @@ class GradScale(torch.autograd.Function):
 def train(ref, gamma=4.0, temperature=8.0, start=5, clip_norm=40.0, apply_weights=True):
     a, v = ref.modalities
     args = SimpleNamespace(audio_weight=0.5, visual_weight=0.5, current_epoch=0)
+    ref.entropy_shares = []  # per step: (epoch, H_a share, H_v share) before the 0.3 clamp
 
     def encode(m, x, weight_name):
         enc = ref.model.encoder(m)
@@ -57,6 +59,7 @@ def train(ref, gamma=4.0, temperature=8.0, start=5, clip_norm=40.0, apply_weight
             H_a = torch.sum(-pa * torch.log(pa + 1e-16), 1).mean().detach().numpy().item()
             H_v = torch.sum(-pv * torch.log(pv + 1e-16), 1).mean().detach().numpy().item()
             H_a_n, H_v_n = H_a / (H_a + H_v), H_v / (H_a + H_v)
+            ref.entropy_shares.append((epoch, H_a_n, H_v_n))
             H_a = torch.clamp(torch.tensor(H_a_n), 0.3).numpy()
             H_v = torch.clamp(torch.tensor(H_v_n), 0.3).numpy()
             a_weight, v_weight = 1 / H_a, 1 / H_v

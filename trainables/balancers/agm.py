@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.precision import upcast
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -40,7 +41,7 @@ def shapley_responses(full: torch.Tensor, only_a: torch.Tensor, only_v: torch.Te
 
 def response_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Batch mean of -log softmax(logits)[y], each probability floored at 1e-8 (the code's guard)."""
-    p = F.softmax(logits.detach().float(), 1).gather(1, labels[:, None]).squeeze(1)
+    p = F.softmax(upcast(logits.detach()), 1).gather(1, labels[:, None]).squeeze(1)
     return float(-torch.log(p.clamp_min(1e-8)).mean())
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.balancers.base import Balancer, State, StepAverager, variant_defaults
+from trainables.precision import upcast
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -39,12 +40,12 @@ def masked_logits(model: nn.Module, feats: dict[str, torch.Tensor], keep: str) -
 
 def logit_importance(logits: torch.Tensor) -> float:
     """sum over classes of the batch-mean |logit|."""
-    return float(logits.detach().float().abs().mean(0).sum())
+    return float(upcast(logits.detach()).abs().mean(0).sum())
 
 
 def mean_entropy(logits: torch.Tensor) -> float:
     """Batch-mean softmax entropy (log(p + 1e-16), as the code)."""
-    p = torch.softmax(logits.detach().float(), 1)
+    p = torch.softmax(upcast(logits.detach()), 1)
     return float(torch.sum(-p * torch.log(p + 1e-16), 1).mean())
 
 

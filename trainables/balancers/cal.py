@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.precision import upcast
 
 
 def shapley_two(v_none: float, v_a: float, v_v: float, v_both: float) -> tuple[float, float]:
@@ -40,7 +41,7 @@ def shapley_two(v_none: float, v_a: float, v_v: float, v_both: float) -> tuple[f
 
 def confidence(logits: torch.Tensor, entropy_floor: float) -> float:
     """D = 1 / max(H(softmax) / log K, floor), H averaged over the batch."""
-    probs = F.softmax(logits.detach().float(), 1)
+    probs = F.softmax(upcast(logits.detach()), 1)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).mean() / math.log(logits.shape[1])
     return 1.0 / max(float(entropy), entropy_floor)
 
@@ -127,7 +128,7 @@ class CAL(Balancer):
 
         def value(keep: set[str]) -> float:
             masked = {m: (z if m in keep else torch.zeros_like(z)) for m, z in feats.items()}
-            return float(F.log_softmax(state.model.fuse(masked).float(), 1).gather(1, y[:, None]).mean())
+            return float(F.log_softmax(upcast(state.model.fuse(masked)), 1).gather(1, y[:, None]).mean())
 
         info = shapley_two(value(set()), value({a}), value({v}), value({a, v}))
         conf = [confidence(state.model.unimodal_logits(feats)[m], self.p.entropy_floor) for m in self.modalities]

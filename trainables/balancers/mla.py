@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.balancers.base import Balancer, State, StepAverager, variant_defaults
+from trainables.precision import upcast
 
 PAPER_VARIANT = {"projection": True, "entropy": "sample"}
 
@@ -45,13 +46,13 @@ PAPER_VARIANT = {"projection": True, "entropy": "sample"}
 def batch_entropy(logits: torch.Tensor) -> torch.Tensor:
     """The code's uncertainty: -sum p log p with p the softmax over the batch dimension (dim 0), summed over
     batch and classes (one number). log_softmax instead of the code's log(softmax): same value, no 0 * -inf."""
-    logp = F.log_softmax(logits.float(), dim=0)
+    logp = F.log_softmax(upcast(logits), dim=0)
     return -(logp.exp() * logp).sum()
 
 
 def sample_entropy(logits: torch.Tensor) -> torch.Tensor:
     """The paper's uncertainty: each sample's entropy of its softmax over the classes (B values)."""
-    logp = F.log_softmax(logits.float(), dim=1)
+    logp = F.log_softmax(upcast(logits), dim=1)
     return -(logp.exp() * logp).sum(1)
 
 
@@ -64,7 +65,7 @@ def fusion_weights(outputs: list[torch.Tensor], entropy: str) -> torch.Tensor:
 
 def fuse_outputs(outputs: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """sum_m w_m * out_m (a weight per modality, or per modality and sample)."""
-    return sum(w.reshape(-1, 1) * o.float() for w, o in zip(weights, outputs))
+    return sum(w.reshape(-1, 1) * upcast(o) for w, o in zip(weights, outputs))
 
 
 def projector_update(P: torch.Tensor, r: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -169,7 +170,7 @@ class MLA(Balancer):
         if not self.p.projection or self.turns == 0:
             return
         alpha = projection_alpha(self.p.projection_alpha, self.batch_index, state.steps_per_epoch)
-        self.P = projector_update(self.P, z.detach().float().mean(0, keepdim=True), alpha)
+        self.P = projector_update(self.P, upcast(z.detach()).mean(0, keepdim=True), alpha)
         grad = self.head.weight.grad
         new = torch.mm(grad, self.P.t())
         self.head.weight.grad = new
@@ -178,7 +179,7 @@ class MLA(Balancer):
     def predict_logits(self, model: nn.Module, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         outputs = [self.head(feats[m]) for m in self.modalities]
         if self.p.test_fusion == "mean":
-            return torch.stack([o.float() for o in outputs]).mean(0)
+            return torch.stack([upcast(o) for o in outputs]).mean(0)
         return fuse_outputs(outputs, fusion_weights(outputs, self.p.entropy))
 
     def epoch_metrics(self) -> dict[str, Any]:

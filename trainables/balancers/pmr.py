@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.precision import upcast
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -39,7 +40,7 @@ def prototype_logits(z: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
 
 def true_class_score(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """s = sum_i softmax(logits_i)[y_i] (a batch sum, as in the authors' code)."""
-    return float(F.softmax(logits.detach().float(), 1).gather(1, labels[:, None]).sum())
+    return float(F.softmax(upcast(logits.detach()), 1).gather(1, labels[:, None]).sum())
 
 
 def pmr_coefficients(ratio: float, alpha: float) -> tuple[float, float]:
@@ -66,7 +67,7 @@ def class_means(feats: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]], m
         for m in modalities:
             if m not in sums:
                 sums[m] = torch.zeros(num_classes, z[m].shape[1], device=z[m].device)
-            sums[m].index_add_(0, y, z[m].float())
+            sums[m].index_add_(0, y, upcast(z[m]))
         batch_counts = torch.bincount(y, minlength=num_classes).float()
         counts = batch_counts if counts is None else counts + batch_counts
     out = {}

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.precision import upcast
 
 
 def boosting_loss(logits: torch.Tensor, labels: torch.Tensor, p_join: torch.Tensor, w1: float, w2: float
@@ -138,19 +139,19 @@ class ReconBoost(Balancer):
             with torch.no_grad():  # the code's DynamicNet.forward(mask_model=m)
                 if others:
                     joint = self.ensemble(model, {k: model.encoder(k)(state.inputs[k]) for k in others}, others)
-                    p_join = joint.float().softmax(1)
+                    p_join = upcast(joint).softmax(1)
                 else:  # no other learner yet: the code's constant c0, a (B, 1) logit whose softmax is 1
                     p_join = torch.ones(len(y), 1, device=y.device)
             feats = {m: model.encoder(m)(state.inputs[m])}
             logits = model.fusion.block_logits(feats, m)
-            boost = boosting_loss(logits.float(), y, p_join, p.weight1, p.weight2)
+            boost = boosting_loss(upcast(logits), y, p_join, p.weight1, p.weight2)
             loss = boost
             if self.stage > 0:  # the code adds the consolidation term from stage 1 on
                 with torch.no_grad():
                     prev_logits = model.fusion.block_logits({prev: model.encoder(prev)(state.inputs[prev])}, prev)
-                current = logits.float().softmax(1)
+                current = upcast(logits).softmax(1)
                 consolidation = F.mse_loss(current if p.consolidation == "gradient" else current.detach(),
-                                           prev_logits.float().softmax(1))
+                                           upcast(prev_logits).softmax(1))
                 loss = loss + p.alpha * consolidation
                 self.avg.add(reconboost_consolidation=consolidation.detach())
             uni, probe = self._unimodal(state, feats, [m])

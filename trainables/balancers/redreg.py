@@ -21,6 +21,7 @@ from trainables.balancers.base import Balancer, State, StepAverager, variant_def
 # Eq. 14 (p_m), Eq. 16 (S) and Eq. 20 (red_m) live in metrics.py: the dynamics traces use them too.
 from trainables.metrics import growth_rate, redundancy_score, true_class_prob
 from trainables.models.encoders import FramesEncoder
+from trainables.precision import upcast
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -39,7 +40,7 @@ def redundancy_monitor(red: float, growth: float, gamma: float) -> float:
 
 def co_information(z_a: torch.Tensor, z_v: torch.Tensor) -> float:
     """Eq. 23: mean diagonal cosine similarity of paired, l2-normalised features."""
-    return float(F.cosine_similarity(z_a.detach().float(), z_v.detach().float(), dim=1).mean())
+    return float(F.cosine_similarity(upcast(z_a.detach()), upcast(z_v.detach()), dim=1).mean())
 
 
 def tau_schedule(t: float, horizon: float, tau_min: float, tau_max: float) -> float:

@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.balancers.base import Balancer, State, StepAverager
+from trainables.precision import upcast
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -137,7 +138,7 @@ class Relearn(Balancer):
         for inputs, y in loader:
             z = model.encode(state.model_input(inputs))
             for m in self.modalities:
-                feats[m].append(z[m].float().cpu())
+                feats[m].append(upcast(z[m]).cpu())
             labels.append(y.cpu())
         model.train(was_training)
         return {m: torch.cat(v) for m, v in feats.items()}, torch.cat(labels)

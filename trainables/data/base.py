@@ -23,19 +23,22 @@ class ModalitySpec:
 
 
 def model_input(x: torch.Tensor, spec: ModalitySpec, device: torch.device) -> torch.Tensor:
-    """A batch as the model takes it: on `device`, float32, normalised where the spec says so."""
+    """A batch as the model takes it: on `device`, in torch's default dtype (the one the model's parameters
+    were made in: float32, float64 in the golden tests), normalised where the spec says so."""
     x = x.to(device, non_blocking=True)
+    dtype = torch.get_default_dtype()
     if spec.normalize is None:
-        return x.float()
-    mean, std = _channel_stats(spec.normalize, device, x.dim())
-    return (x.float() / 255.0 - mean) / std
+        return x.to(dtype)
+    mean, std = _channel_stats(spec.normalize, device, x.dim(), dtype)
+    return (x.to(dtype) / 255.0 - mean) / std
 
 
 @functools.lru_cache(maxsize=64)
-def _channel_stats(normalize: tuple, device: torch.device, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_stats(normalize: tuple, device: torch.device, ndim: int,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) on `device`, shaped to broadcast over B x C x ...; made once, not copied every batch."""
     shape = (-1, *([1] * (ndim - 2)))
-    return tuple(torch.tensor(v, device=device, dtype=torch.float32).view(shape) for v in normalize)
+    return tuple(torch.tensor(v, device=device, dtype=dtype).view(shape) for v in normalize)
 
 
 class MultimodalTensorDataset(Dataset):
