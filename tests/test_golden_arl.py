@@ -31,20 +31,24 @@ def test_arl_matches_the_authors_loop(variant, fusion, setting):
         assert scales == [1.0, 1.0, 1.5, 1.5, 1.5]  # the released code: 0.5 forever
 
 
-def test_arl_with_the_visual_entropy_floor_binding_matches_the_authors_loop():
-    """Visual carries the class (signal 3, audio 0.5) on vector encoders: the visual masked logits grow
-    confident within a few steps, its entropy share falls under the 0.3 floor, and the clamped share sets
-    the next step's weights -- so a floor dropped, moved or applied to the wrong modality shows."""
-    params = {"gamma": 2.0, "temperature": 4.0, "start": 1, "clip_norm": 0.5}
-    raw = vector_pair_config({"name": "arl", **params}, lr=0.2, audio_signal=0.5, visual_signal=3.0)
-    trainer, ref = run_golden(raw, reference.train, **params)
-    # the weights a step computes are used by the next one: the last step's never are
-    active = [(e, h_v) for e, _, h_v in ref.entropy_shares[:-1] if e > params["start"]]
-    assert sum(h_v < 0.3 for _, h_v in active) >= 2, active
-    assert all(h_a > 0.3 for _, h_a, _ in ref.entropy_shares)  # only the visual floor binds here
-    w = [r["arl_w_visual"] for r in trainer.history]
-    assert w[:2] == [0.5, 0.5] and w[-1] < 0.5  # the confident modality gets the smaller boost
 
+@pytest.mark.parametrize("leader", ["visual", "audio"])
+def test_arl_with_an_entropy_floor_binding_matches_the_authors_loop(leader):
+    """One modality carries the class (signal 3, the other 0.5) on vector encoders: its masked logits grow
+    confident within a few steps, its entropy share falls under the 0.3 floor, and the clamped share sets the
+    next step's weights -- so a floor dropped, moved or applied to the wrong modality shows."""
+    params = {"gamma": 2.0, "temperature": 4.0, "start": 1, "clip_norm": 0.5}
+    signals = {f"{m}_signal": 3.0 if m == leader else 0.5 for m in ("audio", "visual")}
+    raw = vector_pair_config({"name": "arl", **params}, lr=0.2, **signals)
+    trainer, ref = run_golden(raw, reference.train, **params)
+    shares = [(e, {"audio": h_a, "visual": h_v}) for e, h_a, h_v in ref.entropy_shares]
+    # the weights a step computes are used by the next one: the last step's never are
+    used = [share[leader] for e, share in shares[:-1] if e > params["start"]]
+    assert sum(h < 0.3 for h in used) >= 2, used
+    lagging = "audio" if leader == "visual" else "visual"
+    assert all(share[lagging] > 0.3 for _, share in shares)  # only the leader's floor binds here
+    w = [r[f"arl_w_{leader}"] for r in trainer.history]
+    assert w[:2] == [0.5, 0.5] and w[-1] < 0.5  # the confident modality gets the smaller boost
 
 def test_arl_weights_by_hand_with_the_entropy_floor_binding():
     # importance shares (0.25, 0.75); entropy shares (0.1 -> floor 0.3, 0.9): confidences 1/0.3, 1/0.9 -> (0.75, 0.25)

@@ -17,11 +17,18 @@ def _conflict_fracs(history, modality):
 ])
 def test_mmpareto_matches_the_authors_loop(variant, ref_params):
     raw = tiny_config({"name": "mmpareto", "variant": variant}, loss_setting="multimodal+unimodal")
-    trainer, _ = run_golden(raw, mmpareto.train, **ref_params)
+    trainer, ref = run_golden(raw, mmpareto.train, **ref_params)
     conflicts = [f for m in trainer.modalities for f in _conflict_fracs(trainer.history, m)]
     # both branches ran: some steps agreed (equal weights), some conflicted (min-norm weights)
     assert 0 < sum(conflicts) < len(conflicts), conflicts
     assert any(abs(r[f"mmpareto_alpha_mm_{m}"] - 0.5) > 0.01 for r in trainer.history for m in trainer.modalities)
+    # the recorded weight is the multimodal gradient's: the min-norm point is symmetric in its two gradients,
+    # so only this record tells g_mm from g_u
+    steps = trainer.state.steps_per_epoch
+    for e, record in enumerate(trainer.history):
+        for m in trainer.modalities:
+            expected = sum(k[m] for k in ref.alpha_mm[e * steps:(e + 1) * steps]) / steps
+            assert record[f"mmpareto_alpha_mm_{m}"] == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("fusion", ["concat", "late"])

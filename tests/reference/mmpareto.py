@@ -5,6 +5,7 @@ otherwise the two-vector min-norm solution; then the joint loss is backpropagate
 gradient is replaced by gamma * max(1, |g_joint| / |g_new|) * g_new with g_new = 2 (k0 g_mm + k1 g_uni).
 Under `loss_setting: multimodal` the unimodal losses do not reach the encoders (their heads are detached
 probes), so their encoder gradients are zero, as the authors' code would record after zero_grad.
+Keeps `ref.alpha_mm`: per step, each encoder's weight k0 on the multimodal gradient.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def _min_norm(v11, v12, v22):
 def train(ref, gamma=1.5, agree_when="gt", rescale_scope="tensor"):
     encoders = {m: list(ref.model.encoder(m).parameters()) for m in ref.modalities}
     unimodal_trains_encoders = ref.loss_setting == "multimodal+unimodal"
+    ref.alpha_mm = []
     for epoch in range(ref.num_epochs):
         ref.model.train()
         for inputs, labels in ref.batches[epoch]:
@@ -53,6 +55,7 @@ def train(ref, gamma=1.5, agree_when="gt", rescale_scope="tensor"):
                     k[m] = (0.5, 0.5)
                 else:
                     k[m] = _min_norm(float((a * a).sum()), float((a * b).sum()), float((b * b).sum()))
+            ref.alpha_mm.append({m: k[m][0] for m in ref.modalities})
             ref.task_loss(fused, uni, labels).backward()
             for m in ref.modalities:
                 new = [2 * k[m][0] * gm + 2 * k[m][1] * gu for gm, gu in zip(g_mm[m], g_uni[m])]
