@@ -15,19 +15,20 @@ both sides; made model-ready for the reference by
 epoch every parameter and buffer must agree within `tol`.
 
 Both sides run in float64: torch's default dtype is float64 while the run is built and trained
-(`default_dtype`, restored afterwards, also when the run fails), so the models and extra modules are made
-in it, the recorded batches are made model-ready in it and the optimizer state follows the parameters;
+(`default_dtype`, restored afterwards, also when the run fails), so the models and extra modules are made in
+it, the recorded batches are made model-ready in it and the optimizer state follows the parameters;
 `assert_same` checks that every tensor compared is in it. Why: the two sides compute the same maths in
 different orders (hooks vs. explicit terms, other summation orders, other kernels per CPU), so they drift
 apart by a few roundings per step. In float32 that is ~1e-7, and sooner or later a ReLU input or a max-pool
-tie lies within 1e-7 of its kink and the rounding flips it: the sides then differ by ~1e-4 on one CPU and
-not on another (issue 21: AVX2 and the generic kernels failed tests that AVX-512 passed). In float64 the
-drift is ~1e-16 relative per step; the worst agreement measured over every golden run (20-40 steps) is
-2e-14, natively (AVX-512), under ATEN_CPU_CAPABILITY=avx2 and under =default. A kink lying within 1e-14 of a
-rounding is ~1e7 times rarer than one within 1e-7. `TOL = 1e-9` leaves five orders of magnitude over that
-drift and stays far under what a wrong method leaves: each mutation in the sweep of issue 21 (a sign flip,
-swapped modalities, an off-by-one in a window or schedule, a clip bound, an entropy floor) moved some
-parameter by more than 1e-5 within one epoch of taking effect.
+tie lies within 1e-7 of its kink and the rounding flips it: the sides then differ by ~1e-4 on one CPU and not
+on another (issue 21: AVX2 and the generic kernels failed tests that AVX-512 passed). In float64 the drift is
+~1e-16 relative per step; the worst agreement measured over every golden run (20-40 steps) is 3.3e-14,
+natively (AVX-512), under ATEN_CPU_CAPABILITY=avx2 and under =default. A kink lying within 3e-14 of a rounding
+is ~1e6 times rarer than one within 1e-7. `TOL = 1e-9` leaves over four orders of magnitude above that drift
+and stays far under what a wrong method leaves: in the mutation sweep of issue 21 (per balancer a sign flip,
+swapped modalities, an off-by-one in a window or schedule; clip bounds, entropy floors) every mutation that
+changes training left a difference of at least 4.7e-5 where its test failed (those that change only a record
+are caught by the tests' assertions on the records).
 
 A reference loop (tests/reference/<method>.py) is a generator `train(ref, **params)` that trains
 `ref.model` on `ref.batches[epoch]` with `ref.optimizer` and `yield`s once at the end of each epoch; it
