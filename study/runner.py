@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from study import records
-from study.cluster import ray_session
+from study.cluster import check_job_paths, ray_session
 from study.config import StudyConfig
 from trainables.errors import ConfigError
 
@@ -28,6 +28,7 @@ class Outcome:
 
 
 def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 0, out=None) -> Outcome:
+    check_job_paths(cfg.storage_path, cfg.resolved_tracking_uri())  # as a Ray job: nothing in its temporary copy
     records.check_new(cfg)                                   # a free name, a writable folder, a reachable store
     with ray_session(cfg.ray_address, cfg.resources):        # start or join Ray; a trial must fit on a node
         trainable = trainable_for(cfg)                       # the dataset: a bad one fails before any record exists
@@ -42,6 +43,7 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 0
 
 def resume_study(study_dir: str | Path, verbose: int = 0, out=None) -> Outcome:
     study = records.open_study(study_dir)                    # the snapshot, never the live YAML
+    check_job_paths(study_dir, study.info["tracking_uri"], "study_dir")
     cfg = study.config
     if not study.tune_dir.exists() or not tune().Tuner.can_restore(str(study.tune_dir)):
         raise ConfigError(f"study: '{study.dir}' has no restorable Tune experiment (was it started?)")
