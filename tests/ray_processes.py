@@ -63,3 +63,33 @@ def stop_node(proc: subprocess.Popen) -> None:
         proc.poll()
         time.sleep(0.5)
     proc.wait(timeout=30)
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp{,6} local address (host-order words in hex) -> printable IP."""
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def listening(pids) -> list[tuple[str, int, int]]:
+    """(bound address, port, pid) of every TCP socket the given processes listen on, from /proc."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                host, port = fields[1].split(":")
+                out.append((_address(host), int(port, 16), inodes[fields[9]]))
+    return sorted(set(out))

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.integration
 
 RAY = str(Path(sys.executable).with_name("ray"))
 ROOT = Path(__file__).resolve().parent.parent
-# what docs/cluster.md tells a user to leave out of --working-dir (Ray's upload limit; local results)
-EXCLUDES = [".git", ".venv", "runs", "mlflow.db", "mlruns", "mlartifacts", "ray_results", "tests", "docs"]
+# not copied into the test's project: what Ray leaves out of a --working-dir by default (.git, .venv,
+# __pycache__) and build or test leftovers; results (runs/, mlflow.db) are added below, as a user's would be
+NOT_COPIED = [".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", "runs", "mlflow.db", "mlruns"]
 # the shipped smoke study, shrunk: the same shape (TPE + ASHA search, baseline, confirmation), fewer epochs
 SMALL = ["num_samples=2", "trial.epochs=2", "trial.optim.lr_step=1", "trial.dataset.n_train=96",
          "trial.dataset.n_val=48", "trial.dataset.n_test=48", "baseline.seeds=[0,1,2]", "confirm.seeds=[7]"]
@@ -75,17 +76,27 @@ def head():
 
 @pytest.fixture(scope="module")
 def project(head):
-    """A clean copy of the project to upload as the job's working directory."""
+    """A copy of the project, as a user's checkout with local results in it, to upload as `--working-dir .`:
+    Ray leaves out what .gitignore names (runs/, mlflow.db), so they never travel to the cluster."""
     copy = head[2] / "project"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(*EXCLUDES, "__pycache__", "*.egg-info", ".pytest_cache"))
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(*NOT_COPIED))
+    (copy / "runs").mkdir()
+    (copy / "runs" / "local-results-marker").write_text("a laptop's own study folder")
+    (copy / "mlflow.db").write_text("a laptop's own store")
     return copy
 
 
 def submit(head, project, submission_id, *entrypoint):
+    """`ray job submit --working-dir . -- ENTRYPOINT` from the project folder, as docs/cluster.md has it."""
     address, env, _ = head
-    return _ray(env, "job", "submit", f"--address={address}", f"--submission-id={submission_id}",
-                f"--working-dir={project}", f"--runtime-env-json={json.dumps({'excludes': EXCLUDES})}", "--",
-                *entrypoint, timeout=600)
+    return subprocess.run([RAY, "job", "submit", f"--address={address}", f"--submission-id={submission_id}",
+                           "--working-dir", ".", "--", *entrypoint], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def uploaded(head, name: str) -> list[Path]:
+    """Files called `name` in the head's copies of uploaded working directories (under its Ray temp dir)."""
+    return list(Path(head[2], "ray").rglob(name))
 
 
 def job(head, submission_id) -> dict:
@@ -116,8 +127,9 @@ def test_a_study_submitted_as_a_ray_job_records_its_runs_on_the_shared_store(hea
     assert roles == ["baseline", "confirm", "search", "search"]
     assert all(r.data.tags["mmstudy.status"] == "finished" and r.info.status == "FINISHED" for r in runs)
     assert all(r.data.metrics["best_test_acc"] >= 0 for r in runs)
-    # nothing of the study landed in the job's temporary working directory
-    assert not list(Path(head[2], "ray").rglob("mlflow.db")) and not list(Path(head[2], "ray").rglob("study.json"))
+    # the upload had the code and not the laptop's results; nothing of the study landed in the job's copy
+    assert uploaded(head, "smoke.yaml") and not uploaded(head, "local-results-marker")
+    assert not uploaded(head, "mlflow.db") and not uploaded(head, "study.json")
 
 
 def test_a_ray_job_with_a_relative_storage_path_is_refused_before_anything_is_written(head, project):
@@ -131,7 +143,7 @@ def test_a_ray_job_with_a_relative_storage_path_is_refused_before_anything_is_wr
     assert len(errors) == 1 and errors[0].startswith("mmstudy: error: storage_path: 'runs' would be written inside "
                                                      "this Ray job's working directory"), logs[-3000:]
     assert "Traceback" not in logs
-    assert not list(Path(head[2], "ray").rglob("mlflow.db")) and not list(Path(head[2], "ray").rglob("study.json"))
+    assert not uploaded(head, "mlflow.db") and not uploaded(head, "study.json")
 
 
 def test_the_job_server_refuses_a_submission_without_the_cluster_token(head, project):
