@@ -2,9 +2,9 @@
 
 What a local Ray exposes (docs/cluster.md, "What listens where"): Ray 2.60 has no public setting that binds a
 node to 127.0.0.1 (on Linux `--node-ip-address=127.0.0.1` is replaced by the machine's address), so its GCS,
-raylet, object manager, worker and agent ports listen on every interface; Ray's token authentication (on by
-default for a local Ray) is what guards them, so mmstudy keeps the token file private and warns when
-`RAY_AUTH_MODE=disabled` turns it off.
+raylet, object manager and worker ports listen on every interface and its agents on the machine's address;
+Ray's token authentication (on by default for a local Ray) is what guards them, so mmstudy keeps the token
+file private and warns when `RAY_AUTH_MODE=disabled` turns it off.
 """
 from __future__ import annotations
 
