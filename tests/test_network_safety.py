@@ -173,14 +173,15 @@ def test_the_local_ray_keeps_its_token_private_and_guards_what_it_exposes(tmp_pa
         exposed = [(host, port) for host, port, _ in sockets if not host.startswith("127.") and host != "::1"]
         assert exposed, "Ray bound every port to loopback: update docs/cluster.md, 'What listens where'"
         for host, port in exposed:
+            where = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                with urllib.request.urlopen(f"http://{where}:{port}/", timeout=5) as response:
                     body = response.read(20000).decode(errors="replace")
                 assert "# TYPE" in body or "# HELP" in body, f"port {port} answers without the token"
             except urllib.error.HTTPError as err:
                 assert err.code in (401, 403), f"port {port}: HTTP {err.code} without the token"
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
-                pass  # not HTTP (gRPC: token-checked by Ray), or not on 127.0.0.1 (bound to the node's address)
+                pass  # not HTTP: gRPC, whose calls Ray checks for the token
         driver.stdin.write("\n")
         driver.stdin.flush()
         driver.wait(timeout=120)
