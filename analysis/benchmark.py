@@ -337,7 +337,7 @@ def tuning_cost(trials: pd.DataFrame) -> pd.DataFrame:
             if role == "search":
                 flags = mine["startup"] if "startup" in mine else pd.Series(dtype=object)
                 known = flags.dropna()
-                rec["search_startup"] = int(known.astype(bool).sum()) if len(mine) and len(known) == len(mine) else None
+                rec["search_startup"] = (int(known.astype(bool).sum()) if len(known) == len(mine) else None)
         rows.append(rec)
     return pd.DataFrame(rows)
 

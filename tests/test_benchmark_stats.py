@@ -217,7 +217,9 @@ def test_the_reported_row_is_the_rank_1_confirmation_and_the_others_are_only_in_
     assert robust.at[0, "delta_ci_low"] == pytest.approx(welch.confidence_interval(0.95).low)
     cost = tuning_cost(trials)
     assert cost.set_index("method").at["ogm_ge", "search_startup"] == 1
-    assert pd.isna(cost.set_index("method").at["mm", "search_startup"])  # no search trials recorded for mm
+    assert cost.set_index("method").at["mm", "search_startup"] == 0  # no search trial at all
+    older = tuning_cost(frame([dict(r, startup=None) for r in _ranked_rows()], methods=["ogm_ge", "mm"]))
+    assert pd.isna(older.set_index("method").at["ogm_ge", "search_startup"])  # not recorded: unknown, not 0
 
 
 def test_older_studies_report_the_confirmation_of_the_searchs_rank_1_trial():
