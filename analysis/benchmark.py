@@ -372,7 +372,7 @@ def answer(table: pd.DataFrame, margin: float) -> str:
     lead = (f"**Result.** {len(better)} of the {len(tested)} methods beat joint training beyond noise: {listed(better)}."
             if not better.empty else
             f"**Result.** None of the {len(tested)} methods beats joint training beyond noise.")
-    reference = (f"Joint training (`none`, the same trial settings)" if base["method"] == OLD_REFERENCE else
+    reference = ("Joint training (`none`, the same trial settings)" if base["method"] == OLD_REFERENCE else
                  f"Joint training, the reference `{base['method']}` ({table.attrs.get('reference_why') or 'best by validation'})")
     parts = [lead, f"{reference}: test accuracy {base_acc.text()} % (n = {base_acc.n})."]
     if not worse.empty:
