@@ -119,8 +119,11 @@ def adds_unimodal_supervision(trials: pd.DataFrame, label: str | None, row: pd.S
 
     if row is None:
         mine = trials[trials["method"] == label] if label is not None and "method" in trials else trials.iloc[0:0]
-        if mine.empty:
-            return None
+        if mine.empty:  # nothing ran: the label says the balancer (study.methods.label_of: "name (fixed=...)")
+            name = (label or "").split(" ")[0]
+            if "loss_setting=multimodal+unimodal" in (label or ""):
+                return True
+            return bool(balancer_class(name).adds_unimodal_supervision) if name in balancer_names() else None
         row = mine.iloc[0]
     if row.get("loss_setting") == "multimodal+unimodal":
         return True
@@ -151,6 +154,12 @@ def paired_predictions(a: pd.DataFrame, b: pd.DataFrame) -> tuple[dict[Any, tupl
             notes.append(f"seed {seed}: {len(g)} of {max(sizes)} examples predicted by both")
         pairs[seed] = ((g["prediction_a"] == g["label_a"]).to_numpy(), (g["prediction_b"] == g["label_b"]).to_numpy())
     return pairs, notes
+
+
+def _ended_confirmations(trials: pd.DataFrame, label: str) -> int:
+    if "method" not in trials or "status" not in trials:
+        return 0
+    return int(((trials["method"] == label) & (roles(trials) == "confirm") & trials["status"].isin(RESULT_STATUSES)).sum())
 
 
 @dataclass
@@ -223,7 +232,8 @@ def benchmark_table(trials: pd.DataFrame, metric: str | list[str] = "val_acc", m
             "unimodal_supervision": adds_unimodal_supervision(trials, e.label if e.label != OLD_REFERENCE else None, row),
             "confirms": confirms, "confirm_rank": None if row is None else _int(pd.to_numeric(row.get("confirm_rank"),
                                                                                         errors="coerce")),
-            "rule": e.rule, "from_startup": startup_of(trials, confirms)}
+            "rule": e.rule, "confirmations": _ended_confirmations(trials, e.label),
+            "from_startup": startup_of(trials, confirms)}
         for name, key in qty.items():
             s = seed_stats(row, key) if ended else SeedSummary(0, math.nan, None, None, None)
             rec.update({name: s.mean, f"{name}_std": s.std, f"{name}_ci_low": s.ci_low, f"{name}_ci_high": s.ci_high})
@@ -369,9 +379,9 @@ def answer(table: pd.DataFrame, margin: float) -> str:
                     f"{100 * r['delta_ci_high']:+.2f}], p (Holm) {_p(r['p_holm'])}{um})")
         return ", ".join(one(r) for _, r in frame.iterrows())
 
-    lead = (f"**Result.** {len(better)} of the {len(tested)} methods beat joint training beyond noise: {listed(better)}."
-            if not better.empty else
-            f"**Result.** None of the {len(tested)} methods beats joint training beyond noise.")
+    lead = (f"**Result.** {len(better)} of the {_count(len(tested), 'method')} beat joint training beyond noise: "
+            f"{listed(better)}." if not better.empty else
+            f"**Result.** None of the {_count(len(tested), 'method')} beats joint training beyond noise.")
     reference = ("Joint training (`none`, the same trial settings)" if base["method"] == OLD_REFERENCE else
                  f"Joint training, the reference `{base['method']}` ({table.attrs.get('reference_why') or 'best by validation'})")
     parts = [lead, f"{reference}: test accuracy {base_acc.text()} % (n = {base_acc.n})."]
@@ -386,7 +396,7 @@ def answer(table: pd.DataFrame, margin: float) -> str:
     family = int(table["p_holm"].notna().sum())
     parts.append(f"Each method was tuned with the same budget and is reported by its rank-1 confirmation on fresh "
                  f"seeds; Δ is test accuracy against the reference, Welch's test and TOST each Holm-corrected over "
-                 f"the {family} comparisons with it.")
+                 f"the {_count(family, 'comparison')} with it.")
     untested = rows[rows["p_holm"].isna()]
     if not untested.empty:
         parts.append("Not testable (no confirmed result with 2+ seeds): "
@@ -426,6 +436,10 @@ def _header(name: str) -> str:
         return HEADERS[name]
     kind, mod = name.split("_", 1)
     return f"Acc {mod}" if kind == "acc" else f"Shapley {mod}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _points(margin: float) -> str:
@@ -484,8 +498,7 @@ def table_markdown(table: pd.DataFrame, margin: float) -> str:
             cells += [f"– ({row['verdict']})", "–", mcn, _p(row["p_holm"]), _p(row["p_equivalence_holm"]),
                       f"**{row['verdict']}**"]
         elif _num(row["delta"]) is None:
-            cells += ["– (no confirmed result)" if row["n"] == 0 else "–", boot, mcn, "–", "–",
-                      str(row["verdict"] or "–")]
+            cells += ["– (no confirmed result)" if row["n"] == 0 else "–", boot, mcn, "–", "–", _text(row["verdict"])]
         else:
             delta = f"{100 * row['delta']:+.2f}"
             if _num(row["delta_ci_low"]) is not None:
@@ -502,8 +515,12 @@ def provenance_markdown(table: pd.DataFrame) -> str:
     lines = ["| Method | Loss setting | Confirmation trial | Status | Rank / rule | Re-trains search trial | "
              "Start-up trial? |", "|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        rule = RULES.get(r["rule"], "–") if r["rule"] else ("the study's baseline trial" if r["role"] != "confirm"
-                                                             else "–")
+        if _text(r["trial_id"]) == "–":
+            rule = "rank 1 has not ended" if r["rule"] == "confirm_rank" else "–"
+        elif r["rule"] == "best_of_k" and r["confirmations"] <= 1:
+            rule = "the only confirmation"
+        else:
+            rule = RULES.get(r["rule"]) or ("the study's baseline trial" if r["role"] != "confirm" else "–")
         lines.append(f"| {r['method']} | {_text(r['loss_setting'])} | {_text(r['trial_id'])} | {_text(r['status'])} | "
                      f"{rule} | {_text(r['confirms'])} | {_yes(r['from_startup'])} |")
     return "\n".join(lines) + "\n"
