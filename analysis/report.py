@@ -142,7 +142,7 @@ def render_markdown(name, config, counts, table, written, importances, command, 
              "(n seeds; one seed shows no spread). Δ vs joint: the difference to the joint-training baseline of the "
              "same loss setting, Welch's 95 % interval, Welch's test Holm-corrected over every finished trial compared "
              "with that baseline (shown in the table or not); \"within noise\" when the interval covers 0. Verdict: TOST equivalence at a "
-             f"±{100 * study_margin(config):g}-point margin first, then the sign of a significant difference, else inconclusive.", "",
+             f"±{100 * study_margin(config):g}-point margin (its p Holm-corrected over the same trials) first, then the sign of a significant difference, else inconclusive.", "",
              "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
              (" — the study is still running; this report covers what has finished." if counts.get("running") else ""),
              ""]

@@ -1,23 +1,32 @@
-"""Statistics over seeds, all on scipy.stats: a t-interval per configuration, Welch's test and its
-Welch–Satterthwaite interval for the difference to a baseline, Holm's correction across configurations,
-TOST equivalence at a margin, and the smallest difference a study with n seeds can detect.
+"""Statistics on scipy.stats and statsmodels: over seeds, a t-interval per configuration, Welch's test and its
+Welch–Satterthwaite interval for the difference to a baseline, TOST equivalence at a margin, Holm's correction
+across configurations (of the difference p-values and of the TOST p-values alike), and the smallest difference
+a study with n seeds can detect; over test examples, a paired bootstrap interval of the accuracy difference
+and McNemar's exact test.
 
-Everything here works on plain per-seed values (one number per seed), so it can be checked against scipy
-on fixed numbers. One seed has no spread: no std, no interval, no test (never "± 0.00").
+Everything here works on plain per-seed values (one number per seed) or per-example 0/1 correctness arrays, so
+it can be checked against scipy on fixed numbers. One seed has no spread: no std, no interval, no test (never
+"± 0.00"). A comparison whose candidate diverged or failed is a test it failed (`failed_difference`: p = 1,
+never equivalent), so it counts in the Holm family instead of silently leaving it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import optimize, stats
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 
 from study.config import EQUIVALENCE_MARGIN
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
+BOOTSTRAP_RESAMPLES = 4999
+BOOTSTRAP_SEED = 0  # fixed: the same predictions always give the same interval
+FAILED = ("diverged", "failed")  # verdicts of a comparison whose candidate has no usable result
 MARGIN = EQUIVALENCE_MARGIN / 100  # TOST equivalence margin in accuracy units (the study config's default)
 
 
@@ -62,9 +71,11 @@ def seed_summary(values: Iterable[float], confidence: float = CONFIDENCE) -> See
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) - mean(b) with Welch's test. `p_adjusted` is Holm's when several configurations were compared
-    (else the raw p). `within_noise`: the CI covers 0 or the (Holm) p is not below alpha. `verdict` (TOST at `margin` first, then Welch):
-    'equivalent' | 'better' | 'worse' | 'inconclusive'. Untestable (a side has < 2 seeds): p, CI, noise None."""
+    """mean(a) - mean(b) with Welch's test. `p_adjusted` / `p_equivalence_adjusted` are Holm's when several
+    configurations were compared (else the raw p). `within_noise`: the CI covers 0 or the (Holm) p is not below
+    alpha. `verdict` (TOST at `margin` first, then Welch, both on the Holm p): 'equivalent' | 'better' | 'worse' |
+    'inconclusive', or 'diverged' | 'failed' for a candidate without a result (p = 1: a failed test).
+    Untestable (a side has < 2 seeds): p, CI, noise None."""
     n_a: int
     n_b: int
     diff: float
@@ -77,9 +88,12 @@ class Difference:
     margin: float
     within_noise: bool | None
     verdict: str
+    p_equivalence_adjusted: float | None = None
 
     def text(self, scale: float = 100.0, digits: int = 2, unit: str = " points") -> str:
         """'+1.20 points [−0.40, +2.80], p = 0.130 — within noise'."""
+        if self.verdict in FAILED:
+            return f"{self.verdict} (no result: counted as a failed test, p = 1)"
         out = f"{scale * self.diff:+.{digits}f}{unit}"
         if self.ci_low is None:
             return out + " (not testable: fewer than 2 seeds on a side)"
@@ -90,9 +104,11 @@ class Difference:
 
 
 def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE, margin: float = MARGIN,
-          alpha: float = ALPHA, p_adjusted: float | None = None) -> Difference:
+          alpha: float = ALPHA, p_adjusted: float | None = None, p_equivalence_adjusted: float | None = None
+          ) -> Difference:
     """mean(a) - mean(b): Welch's t-test (scipy.stats.ttest_ind, equal_var=False), its Welch–Satterthwaite
-    confidence interval, and TOST equivalence at ±margin (two one-sided Welch tests, p = the larger)."""
+    confidence interval, and TOST equivalence at ±margin (two one-sided Welch tests, p = the larger). The
+    verdict reads the adjusted p-values when given (Holm, `compare_to_baseline`)."""
     x, y = _clean(a), _clean(b)
     diff = float(np.mean(x) - np.mean(y)) if len(x) and len(y) else math.nan
     if len(x) < 2 or len(y) < 2 or (np.std(x) == 0 and np.std(y) == 0):
@@ -101,11 +117,20 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     ci = res.confidence_interval(confidence)
     p_eq = equivalence_p(x, y, margin)
     p_adj = float(res.pvalue) if p_adjusted is None else p_adjusted
+    p_eq_adj = p_eq if p_equivalence_adjusted is None else p_equivalence_adjusted
     # Within noise: the CI covers 0 (for one comparison the same as p >= alpha); after Holm, also when the
     # corrected p is not below alpha, so that a 95 % CI excluding 0 never contradicts the corrected test.
     within = bool(ci.low <= 0 <= ci.high or p_adj >= alpha)
     return Difference(len(x), len(y), diff, float(ci.low), float(ci.high), float(res.df), float(res.pvalue), p_adj,
-                      p_eq, margin, within, verdict(diff, p_adj, p_eq, alpha))
+                      p_eq, margin, within, verdict(diff, p_adj, p_eq_adj, alpha), p_eq_adj)
+
+
+def failed_difference(n_baseline: int, margin: float = MARGIN, why: str = "diverged") -> Difference:
+    """A candidate that diverged (or failed) on its confirmation: a test it failed, p = 1 for a difference and
+    for equivalence, so it stays in the Holm family (m counts it) and is never called equivalent."""
+    if why not in FAILED:
+        raise ValueError(f"why: {why!r} (allowed: {', '.join(FAILED)})")
+    return Difference(0, n_baseline, math.nan, None, None, None, 1.0, 1.0, 1.0, margin, None, why, 1.0)
 
 
 def equivalence_p(a: Sequence[float], b: Sequence[float], margin: float = MARGIN) -> float:
@@ -127,25 +152,103 @@ def verdict(diff: float, p: float | None, p_equivalence: float | None, alpha: fl
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1); None entries stay None and do
-    not count as tests. scipy has no Holm (only false_discovery_control), so it is these few lines."""
+    """Holm–Bonferroni adjusted p-values (statsmodels' multipletests, method 'holm': step-down, monotone,
+    capped at 1); None / NaN entries stay None and do not count as tests."""
     idx = [i for i, p in enumerate(pvalues) if p is not None and not math.isnan(p)]
-    m = len(idx)
     out: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for rank, i in enumerate(sorted(idx, key=lambda j: pvalues[j])):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        out[i] = running
+    if idx:
+        adjusted = multipletests([float(pvalues[i]) for i in idx], method="holm")[1]
+        for i, p in zip(idx, adjusted):
+            out[i] = float(p)
     return out
 
 
 def compare_to_baseline(candidates: Sequence[Sequence[float]], baseline: Sequence[float],
-                        confidence: float = CONFIDENCE, margin: float = MARGIN, alpha: float = ALPHA) -> list[Difference]:
-    """Each candidate against the same baseline, p-values Holm-corrected across the candidates."""
-    raw = [welch(c, baseline, confidence, margin, alpha) for c in candidates]
+                        confidence: float = CONFIDENCE, margin: float = MARGIN, alpha: float = ALPHA,
+                        failed: Sequence[str | None] | None = None) -> list[Difference]:
+    """Each candidate against the same baseline; the difference p-values and the TOST p-values each
+    Holm-corrected across the candidates (one family, one correction for each kind of test). `failed[i]`
+    ('diverged' | 'failed') marks a candidate without a result: it counts in both families as p = 1."""
+    failed = list(failed) if failed is not None else [None] * len(candidates)
+    n_base = len(_clean(baseline))
+    raw = [failed_difference(n_base, margin, why) if why else welch(c, baseline, confidence, margin, alpha)
+           for c, why in zip(candidates, failed)]
     adjusted = holm([d.p for d in raw])
-    return [d if d.p is None else welch(c, baseline, confidence, margin, alpha, p_adjusted=p)
-            for c, d, p in zip(candidates, raw, adjusted)]
+    eq_adjusted = holm([d.p_equivalence for d in raw])
+    return [d if d.p is None or d.verdict in FAILED else
+            welch(c, baseline, confidence, margin, alpha, p_adjusted=p, p_equivalence_adjusted=q)
+            for c, d, p, q in zip(candidates, raw, adjusted, eq_adjusted)]
+
+
+@dataclass(frozen=True)
+class SeedMcNemar:
+    """One seed's pair (candidate and baseline trained with that seed, tested on the same examples): `b` examples
+    only the candidate gets right, `c` only the baseline; McNemar's exact p (binomial on b of b + c)."""
+    seed: Any
+    n: int
+    b: int
+    c: int
+    p: float
+
+
+@dataclass(frozen=True)
+class ExampleDifference:
+    """Candidate minus baseline accuracy over test examples, paired by example within each seed's pair: the mean
+    over seeds of each seed's difference, its bootstrap interval (`example_difference`), McNemar per seed and
+    pooled over seeds. It covers test-example sampling for these trained networks, not training-seed noise."""
+    seeds: list
+    n_examples: int
+    diff: float
+    ci_low: float
+    ci_high: float
+    per_seed: list[SeedMcNemar]
+    p_mcnemar: float  # exact, on the discordant counts pooled over the seeds
+
+
+def mcnemar_table(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> list[list[int]]:
+    """2x2 table of paired outcomes: [[both right, only a right], [only b right, both wrong]]."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    return [[int(np.sum(a & b)), int(np.sum(a & ~b))], [int(np.sum(~a & b)), int(np.sum(~a & ~b))]]
+
+
+def example_difference(pairs: Mapping[Any, tuple[Sequence[bool], Sequence[bool]]], confidence: float = CONFIDENCE,
+                       n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> ExampleDifference:
+    """`pairs`: seed -> (candidate correct?, baseline correct?) per test example, in the same example order.
+
+    Bootstrap stratified by seed (scipy.stats.bootstrap, one sample per seed, each resampled on its own,
+    percentile interval, fixed generator): each seed's pair is its own test set (per-seed data draws) or its
+    own pair of networks, so examples are exchangeable only within a seed; resampling within seeds keeps every
+    seed's weight and estimates exactly the table's quantity, the mean over seeds of the per-seed difference.
+    The statistic is a mean of ~10^3 bounded differences per seed, close to normal, where percentile and BCa
+    agree; percentile also has no degenerate case (identical predictions give [0, 0]).
+    McNemar (statsmodels, exact) per seed, and pooled: under H0 each seed's discordant wins are Binomial(b + c,
+    1/2), so their sum over seeds is Binomial(sum of b + c, 1/2) and the exact test on pooled counts is exact."""
+    seeds = list(pairs)
+    if not seeds:
+        raise ValueError("pairs: no seed with paired predictions")
+    diffs, per_seed, pooled = [], [], np.zeros((2, 2), dtype=int)
+    for s in seeds:
+        a, b = (np.asarray(x, dtype=bool) for x in pairs[s])
+        if len(a) != len(b) or len(a) < 2:
+            raise ValueError(f"pairs[{s!r}]: candidate and baseline need the same 2+ examples ({len(a)}, {len(b)})")
+        table = mcnemar_table(a, b)
+        pooled += np.asarray(table)
+        per_seed.append(SeedMcNemar(s, len(a), table[0][1], table[1][0], float(mcnemar(table, exact=True).pvalue)))
+        diffs.append(a.astype(float) - b.astype(float))
+
+    def mean_over_seeds(*samples, axis=-1):
+        return np.mean([x.mean(axis=axis) for x in samples], axis=0)
+
+    diff = float(mean_over_seeds(*diffs))
+    if all(np.all(d == d[0]) for d in diffs):  # nothing to resample: every resample gives the same mean
+        low, high = diff, diff
+    else:
+        res = stats.bootstrap(tuple(diffs), mean_over_seeds, n_resamples=n_resamples, vectorized=True, paired=False,
+                              confidence_level=confidence, method="percentile", batch=500,
+                              rng=np.random.default_rng(seed))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return ExampleDifference(seeds, int(sum(len(d) for d in diffs)), diff, low, high, per_seed,
+                             float(mcnemar(pooled.tolist(), exact=True).pvalue))
 
 
 def detectable_difference(std: float, n_a: int, n_b: int | None = None, alpha: float = ALPHA,

@@ -38,6 +38,52 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["status"] == "finished"] if "status" in trials else trials.iloc[0:0]
 
 
+RESULT_STATUSES = ("finished", "diverged", "failed")  # a confirmation that has ended: a result, or a failed one
+
+
+def confirm_ranks(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's `mmstudy.confirm_rank` (1 = the confirmation of the search's rank-1 configuration) as a
+    number; NaN for trials, and studies, that do not record it."""
+    if "confirm_rank" not in trials:
+        return pd.Series(float("nan"), index=trials.index)
+    return pd.to_numeric(trials["confirm_rank"], errors="coerce")
+
+
+def reported_confirmation(confirms: pd.DataFrame, search: pd.DataFrame, metric: str | list[str],
+                          mode: str | list[str]) -> tuple[pd.Series | None, str]:
+    """The one confirmation that is a method's (or a search study's) result; never chosen among the
+    confirmations by their own numbers, since their test scores come from the same networks:
+    - 'confirm_rank': the confirmation tagged `mmstudy.confirm_rank` 1 when the study records ranks (None while
+      it has not ended, even if lower ranks have);
+    - 'search_rank' (studies before the tag): the confirmation of the search's rank-1 trial by the study's one
+      ranking rule over `search` (its finished and ASHA-stopped trials), which is what rank 1 means;
+    - 'best_of_k': otherwise (nothing to rank, e.g. a fixed method, or the rank-1 trial was not confirmed) the
+      best finished confirmation by the ranking rule on validation, the older rule (optimistic when k > 1).
+    `confirms` are one method's confirmation trials, any status; the row may be a diverged or failed one (its
+    `status` says so), never a running one. Several trials for one rank: finished first, then the smaller id."""
+    pool = confirms[confirms["status"].isin(RESULT_STATUSES)] if "status" in confirms else confirms.iloc[0:0]
+
+    def first(rows: pd.DataFrame) -> pd.Series | None:
+        if rows.empty:
+            return None
+        order = rows.assign(_unfinished=rows["status"] != "finished", _id=rows["trial_id"].astype(str))
+        return rows.loc[order.sort_values(["_unfinished", "_id"]).index[0]]
+
+    ranks = confirm_ranks(confirms)
+    if ranks.notna().any():
+        return first(pool[confirm_ranks(pool) == 1]), "confirm_rank"
+    if not search.empty and "confirms" in pool and "status" in search:
+        top = rank_trials(search[search["status"].isin(["finished", "pruned"])], metric, mode)
+        if not top.empty:
+            row = first(pool[pool["confirms"] == top["trial_id"].iloc[0]])
+            if row is not None:
+                return row, "search_rank"
+    done = pool[pool["status"] == "finished"] if not pool.empty else pool
+    if not done.empty:
+        return ranked(done, metric, mode).iloc[0], "best_of_k"
+    return first(pool), "best_of_k"
+
+
 def seed_values(row: pd.Series, key: str) -> list[float]:
     """Per-seed values at each seed's best validation epoch, e.g. key='test_acc' reads `best_test_acc/seed_<s>`.
     `<split>_gap` is derived per seed (trainables.metrics.modality_gap) for trials recorded before the trainable

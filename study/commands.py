@@ -83,6 +83,15 @@ def _report(args: argparse.Namespace) -> int:
     from analysis.report import build_report
     from study.records import STUDY_FILE, check_writable, existing_store
 
+    if len(args.study) > 1:  # several benchmark studies: the methods ranked across them
+        from analysis.ranking_across import build_ranking_report
+
+        result = build_ranking_report(args.study, args.out, args.tracking_uri)
+        print(f"ranking of {len(args.study)} studies written to {result['out_dir']}:")
+        for name in result["files"]:
+            print(f"  {name}")
+        return 0
+    args.study = args.study[0]
     if args.out is not None:
         check_writable(Path(args.out), "--out")
     elif (Path(args.study) / STUDY_FILE).is_file():
@@ -133,8 +142,10 @@ def add_commands(sub) -> None:
     s.set_defaults(func=_resume)
 
     rp = sub.add_parser("report", help="sensitivity/dynamics/importance figures, Table-I comparison, report.md")
-    rp.add_argument("study", help="a study folder (runs/NAME) or an MLflow experiment name")
-    rp.add_argument("--out", help="output folder (default: STUDY_DIR/report)")
+    rp.add_argument("study", nargs="+", help="a study folder (runs/NAME) or an MLflow experiment name; several "
+                    "benchmark studies: their methods ranked across them (Friedman, critical-difference diagram)")
+    rp.add_argument("--out", help="output folder (default: STUDY_DIR/report; several studies: "
+                    "./report/FIRST-and-N-more)")
     rp.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's own)")
     rp.add_argument("--no-mlflow", action="store_true", help="do not log the report on the parent run")
     rp.set_defaults(func=_report)

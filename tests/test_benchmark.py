@@ -346,7 +346,7 @@ def test_table_one_is_welch_holm_and_tost_on_each_methods_confirmed_seeds():
     trials.attrs.update(study="t", config={"methods": ["ogm_ge", "mm", "none"], "equivalence_margin": 1.0})
     table = benchmark_table(trials, "val_acc", "max")
     assert list(table["method"]) == ["joint training (baseline)", "ogm_ge", "mm", "none"]
-    assert list(table["trial_id"][:3]) == ["b", "c1", "c2"]  # the best confirmation by validation
+    assert list(table["trial_id"][:3]) == ["b", "c1", "c2"]  # c1 re-trains the search's best (s1), c2 the only one
     assert pd.isna(table.at[3, "trial_id"]) and table.at[3, "n"] == 0  # none: listed, no confirmed trial
     raw = [stats.ttest_ind(x, base, equal_var=False) for x in (better, same)]
     for i, (res, p) in enumerate(zip(raw, holm([r.pvalue for r in raw])), start=1):
@@ -357,16 +357,16 @@ def test_table_one_is_welch_holm_and_tost_on_each_methods_confirmed_seeds():
     assert table.at[1, "f1"] == pytest.approx(sum(better) / 4 - 0.01) and table.at[1, "gap"] == pytest.approx(0.285)
     text = answer(table, 0.01)
     assert text.startswith("**Result.** 1 of the 2 methods beat joint training beyond noise: `ogm_ge`")
-    assert "Equivalent to joint training within ±1 point (TOST): `mm`." in text
+    assert "Equivalent to joint training within ±1 point (TOST, Holm): `mm`." in text
     assert text.endswith("Not testable (no confirmed result with 2+ seeds): `none`.")
     trials.attrs["config"]["equivalence_margin"] = 0.001  # ±0.001 points: mm can no longer be shown equivalent
     assert benchmark_table(trials, "val_acc", "max").at[2, "verdict"] == "inconclusive"
 
 
 def test_each_methods_confirmed_row_follows_the_studys_ranking_rule_with_all_its_metrics():
-    """Two confirmations of one method tie on best_val_acc; with the study's metrics [val_acc max, val_gap min]
-    the ranking rule (Pareto front first) picks the one with the smaller gap, whichever row comes first, and
-    the benchmark summary (the study's config) picks the same."""
+    """An older study (no confirm_rank, no search trials to rank): two confirmations of one method tie on
+    best_val_acc; with the study's metrics [val_acc max, val_gap min] the ranking rule (Pareto front first) picks
+    the one with the smaller gap, whichever row comes first."""
     import pandas as pd
 
     from analysis.benchmark import benchmark_table

@@ -67,6 +67,7 @@ class ReconBoostParams(BaseModel):
 
 class ReconBoost(Balancer):
     name = "reconboost"
+    adds_unimodal_supervision = True  # each learner f_m(z_m) is trained on the labelled boosting loss alone
     Params = ReconBoostParams
 
     def __init__(self, params: ReconBoostParams, modalities: list[str]):
