@@ -92,7 +92,8 @@ def auth_server(tmp_path):
     (folder / "auth.ini").write_text(
         "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
         f"database_uri = sqlite:///{folder}/auth.db\nadmin_username = user\nadmin_password = {PASSWORD}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 600\n")  # a password hash checked once, not on every request
     port = _free_port()
     env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(folder / "auth.ini"), MLFLOW_FLASK_SERVER_SECRET_KEY="test",
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -160,7 +161,9 @@ def test_a_password_in_the_tracking_uri_is_used_and_never_written(tmp_path, clea
     # the next commands, as a new shell would run them: credentials from the URI given again, or the variables
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(name)
-    assert command("report", str(study_dir), "--tracking-uri", uri) == 0, printed[-1][-3000:]
+    argv = ["report", str(study_dir), "--tracking-uri", uri]
+    monkeypatch.setattr(sys, "argv", ["mmstudy", *argv])  # report.md quotes the command that made it
+    assert command(*argv) == 0, printed[-1][-3000:]
     client = MlflowClient(clean)  # (the variables are set again by now)
     runs = client.search_runs([info["experiment_id"]])
     trial = next(r for r in runs if "mmstudy.trial_config" in r.data.tags)
@@ -178,7 +181,8 @@ def test_a_password_in_the_tracking_uri_is_used_and_never_written(tmp_path, clea
     assert command("list", "--storage-path", str(tmp_path / "runs")) == 0
 
     assert not [text for text in printed if PASSWORD in text], printed
-    assert (study_dir / "tune" / "tuner.pkl").is_file() and (study_dir / "report" / "report.md").is_file()
+    assert (study_dir / "tune" / "tuner.pkl").is_file()
+    assert f"--tracking-uri {clean}`" in (study_dir / "report" / "report.md").read_text()  # "Produced by: ..."
     assert not files_holding(study_dir, secret)  # study.json, study.yaml, Tune's pickles, Optuna's journal, report/
     assert not files_holding(tmp_path / "debug", secret)
     # MLflow: every run's params and tags, every artifact (downloaded), and the server's own files
