@@ -18,6 +18,7 @@ from analysis.summary import study_summary
 from analysis.tables import (baseline_for, comparison_table, finished, modalities_of, roles, study_margin,
                              to_markdown, trial_label)
 from search_spaces import load_space
+from study.credentials import redact_text
 from study.ranking import rank_column
 from trainables.errors import ConfigError
 
@@ -79,7 +80,7 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     config = attrs["config"]
     space = load_space(config.get("search_space"))
     metrics, modes = study_metric(config)
-    command = command or "mmstudy report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    command = command or redact_text("mmstudy report " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
     if config.get("mode") == "benchmark":  # Table I of the tuned methods, their tuning cost, accuracy vs gap
         from analysis.benchmark import benchmark_report
 

@@ -74,6 +74,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{r['name']:<28} {r['status']:<10} {r['trials']:>6} {r['with_results']:>5} "
               f"{r['metric'] + ' (' + r['mode'] + ')':<22} {fmt(best.get(r['metric'])):>8} "
               f"{fmt(best.get('best_test_acc')):>9}  {r['dir']}")
+        if r.get("note"):
+            print(f"{'':<28} {r['note']}")
     return 0
 
 

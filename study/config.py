@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +16,7 @@ from pydantic import (BaseModel, Field, PrivateAttr, RootModel, ValidationError,
                       model_validator)
 
 from search_spaces import SearchSpace, apply_point, grid_points, load_space, sensitivity_points, validate_space
+from study.credentials import adopt, adopt_environment
 from trainables.config import (Strict, TrialConfig, build_trial_config, deep_merge, flatten,
                                format_validation_error, parse_overrides, read_yaml)
 from trainables.errors import ConfigError
@@ -27,8 +27,9 @@ ROLES = (*OWN_ROLES, "baseline", "confirm")
 
 
 def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else a SQLite store in the working directory (which a bare `mlflow ui` opens)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    """$MLFLOW_TRACKING_URI (without its credentials: study.credentials), else a SQLite store in the working
+    directory (which a bare `mlflow ui` opens)."""
+    return adopt_environment() or "sqlite:///mlflow.db"
 
 
 class Resources(Strict):
@@ -165,6 +166,7 @@ class StudyConfig(Strict):
         None, description="the best epoch's weights on each trial's MLflow run (default: none for synthetic data)")
     storage_path: str = Field("runs", description="studies live in STORAGE_PATH/NAME")
     tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    _tracking_uri = field_validator("tracking_uri")(lambda cls, uri: uri and adopt(uri))  # credentials never kept
     experiment_name: str | None = Field(None, description="MLflow experiment (default: mmstudy/NAME)")
     ray_address: str | None = Field(None, description="default: $RAY_ADDRESS, else a local Ray")
     sensitivity: SensitivityConfig = Field(default_factory=SensitivityConfig)
@@ -195,7 +197,8 @@ class StudyConfig(Strict):
     def _trial_loss_setting(cls, raw: Any) -> Any:
         """A study's loss settings are `loss_settings`; a `trial.loss_setting` alone becomes that list, and
         one that the list does not hold is refused (it would otherwise be silently replaced)."""
-        if not isinstance(raw, dict) or not isinstance(raw.get("trial"), dict) or "loss_setting" not in raw["trial"]:
+        if not isinstance(raw, dict) or not isinstance(raw.get("trial"), dict) or "loss_setting" not in raw["trial"] \
+                or not isinstance(raw.get("loss_settings", []), (list, type(None))):  # a wrong type: its field says so
             return raw
         setting = raw["trial"]["loss_setting"]
         if "loss_settings" not in raw:
@@ -253,7 +256,8 @@ class StudyConfig(Strict):
         """The base trial tree with the space's balancer and the first loss setting filled in."""
         base = dict(self.trial)
         space = self._space
-        if space.balancer and "name" not in (base.get("balancer") or {}):
+        given = base.get("balancer") or {}
+        if space.balancer and isinstance(given, dict) and "name" not in given:  # (not a mapping: the trial says so)
             base = deep_merge(base, {"balancer": {"name": space.balancer}})
         return deep_merge(base, {"loss_setting": self.loss_settings[0]})
 
@@ -320,7 +324,7 @@ def load_study_config(path: str | None, overrides: list[str] | None = None, raw:
     if overrides:
         raw = deep_merge(raw, parse_overrides(overrides))
     try:
-        return StudyConfig(**raw)
+        return StudyConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model=StudyConfig)) from None
 

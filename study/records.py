@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from study.config import OWN_ROLES, StudyConfig, default_tracking_uri, load_study_config
+from study.credentials import adopt, redact_text
+from trainables.balancers.plugin_trust import PluginRefused, config_from_record
 from trainables.errors import ConfigError
 
 STUDY_FILE = "study.json"
@@ -50,7 +52,8 @@ class Study:
 
     @cached_property
     def config(self) -> StudyConfig:
-        return load_study_config(None, raw=self.info["config"])
+        with config_from_record(str(self.dir / STUDY_FILE)):  # runs are data: no plug-in in it is imported unasked
+            return load_study_config(None, raw=self.info["config"])
 
     @property
     def name(self) -> str:
@@ -68,7 +71,10 @@ def open_study(study_dir: str | Path) -> Study:
     path = Path(study_dir).resolve()
     if not (path / STUDY_FILE).is_file():
         raise ConfigError(f"study: '{study_dir}' is not a study folder (no {STUDY_FILE}); see `mmstudy list`")
-    return Study(path, json.loads((path / STUDY_FILE).read_text()))
+    study = Study(path, json.loads((path / STUDY_FILE).read_text()))
+    if isinstance(study.info.get("tracking_uri"), str):  # one written before credentials were cut out
+        study.info["tracking_uri"] = adopt(study.info["tracking_uri"])
+    return study
 
 
 # ----------------------------------------------------------------------------- before a study starts
@@ -133,7 +139,8 @@ def connect(tracking_uri: str):
         client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 -- any failure here means the store is unusable
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"tracking_uri: cannot reach MLflow at '{tracking_uri}' ({first[:200]})") from None
+        raise ConfigError(f"tracking_uri: cannot reach MLflow at '{tracking_uri}' ({redact_text(first)[:200]})") \
+            from None
     return client
 
 
@@ -142,8 +149,8 @@ def study_tracking_uri(study: str, tracking_uri: str | None = None) -> str:
     override, else the folder's study.json, else the default store."""
     snapshot = Path(study) / STUDY_FILE
     if tracking_uri:
-        return tracking_uri
-    return json.loads(snapshot.read_text())["tracking_uri"] if snapshot.is_file() else default_tracking_uri()
+        return adopt(tracking_uri)
+    return adopt(json.loads(snapshot.read_text())["tracking_uri"]) if snapshot.is_file() else default_tracking_uri()
 
 
 def existing_store(study: str, tracking_uri: str | None = None) -> str:
@@ -207,11 +214,12 @@ def start(cfg: StudyConfig, config_path: str | None = None) -> Study:
         study_dir.mkdir(parents=True, exist_ok=True)
         (study_dir / SNAPSHOT_ARTIFACT).write_text(yaml.safe_dump(snapshot, sort_keys=False))
         client.log_artifact(parent_id, str(study_dir / SNAPSHOT_ARTIFACT))
-        if config_path:
-            client.log_artifact(parent_id, config_path, "as_given")
+        if config_path:  # the user's file, as given -- but never a tracking URI's credentials
+            client.log_text(parent_id, redact_text(Path(config_path).read_text()), f"as_given/{Path(config_path).name}")
         study = Study(study_dir, {"name": cfg.name, "config": snapshot, "tracking_uri": uri,
                                   "experiment_id": experiment_id, "experiment_name": cfg.resolved_experiment(),
                                   "parent_run_id": parent_id, "status": "running", "created": time.time()})
+        study.config = cfg  # this command's own, validated config (its plug-in, if any, is the user's choice)
         study.save()
         return study
     except BaseException:
@@ -330,7 +338,11 @@ def list_studies(storage_path: str) -> list[dict[str, Any]]:
             row.update(trials=study.info.get("trials", 0), with_results=study.info.get("trials", 0),
                        best=study.info.get("best"))
         else:
-            row.update(live_counts(study, study.config.metric.names, study.config.metric.modes))
+            try:
+                row.update(live_counts(study, study.config.metric.names, study.config.metric.modes))
+            except PluginRefused as refused:  # shown, not imported
+                row.update(trials="-", with_results="-", best=None,
+                           note=f"not counted: its study.json names the plug-in '{refused.path}' (--allow-plugin)")
         rows.append(row)
     return rows
 

@@ -23,11 +23,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from search_spaces import apply_point
-from study.config import default_tracking_uri
 from study.records import Study, connect
 from study.status import trial_status
 from trainables.config import build_trial_config, flatten
-from trainables.errors import ConfigError
 
 log = logging.getLogger("mmstudy.tracking")
 
@@ -80,21 +78,6 @@ def resolved_trial_config(base: dict[str, Any], spec: dict[str, Any]) -> dict[st
     """The exact trial config of a trial (without its seed: the seeds are the run's `seeds`)."""
     cfg = build_trial_config(apply_point(base, spec["point"]), {"seed": spec["seeds"][0]}).to_dict()
     cfg.pop("seed")
-    return cfg
-
-
-def trial_config_from_run(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The exact resolved config of a trial's MLflow run (`mmstudy debug --from-run`)."""
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
-    try:
-        run = client.get_run(run_id)
-    except Exception:  # noqa: BLE001
-        raise ConfigError(f"--from-run: no MLflow run '{run_id}' in {client.tracking_uri}") from None
-    raw = run.data.tags.get("mmstudy.trial_config")
-    if raw is None:
-        raise ConfigError(f"--from-run: run '{run_id}' is not an mmstudy trial (no mmstudy.trial_config tag)")
-    cfg = json.loads(raw)
-    cfg["seed"] = json.loads(run.data.tags.get("mmstudy.seeds", "[0]"))[0]
     return cfg
 
 
