@@ -17,7 +17,8 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.records import SNAPSHOT_ARTIFACT, STUDY_FILE, study_tracking_uri
+from study.folder import SNAPSHOT_ARTIFACT, STUDY_FILE, read_info
+from study.store import study_tracking_uri
 from trainables.config import flatten
 from trainables.errors import ConfigError
 
@@ -29,7 +30,7 @@ class StudyRef:
     experiment_id: str
     parent_run_id: str
     config: dict[str, Any]
-    study_dir: str | None
+    study_dir: str | None  # the study folder read; None for an experiment name (a run's tag names no folder we trust)
 
 
 def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
@@ -38,7 +39,7 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     path = Path(study)
     uri = study_tracking_uri(study, tracking_uri)
     if (path / STUDY_FILE).is_file():
-        info = json.loads((path / STUDY_FILE).read_text())
+        info = read_info(path)
         return StudyRef(info["name"], uri, info["experiment_id"], info["parent_run_id"], info["config"],
                         str(path.resolve()))
     client = MlflowClient(tracking_uri=uri)
@@ -51,7 +52,7 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
         raise ConfigError(f"study: experiment '{exp.name}' has no mmstudy study run")
     parent = parents[0]
     return StudyRef(parent.data.tags.get("mmstudy.study", exp.name), uri, exp.experiment_id, parent.info.run_id,
-                    snapshot_of(client, parent.info.run_id), parent.data.tags.get("mmstudy.study_dir"))
+                    snapshot_of(client, parent.info.run_id), None)
 
 
 def snapshot_of(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:

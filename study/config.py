@@ -28,8 +28,18 @@ ROLES = (*OWN_ROLES, "baseline", "confirm")
 
 def default_tracking_uri() -> str:
     """$MLFLOW_TRACKING_URI (without its credentials: study.credentials), else a SQLite store in the working
-    directory (which a bare `mlflow ui` opens)."""
-    return adopt_environment() or "sqlite:///mlflow.db"
+    directory (which a bare `mlflow ui` opens), as an absolute path (`absolute_store_uri`)."""
+    return absolute_store_uri(adopt_environment() or "sqlite:///mlflow.db")
+
+
+def absolute_store_uri(uri: str) -> str:
+    """A SQLite store named relative to the working directory (`sqlite:///mlflow.db`) made absolute: a study
+    keeps the store it started with, and `sync`, `resume` or `report` run from another folder open that one
+    instead of creating an empty store where they run. Other URIs are returned unchanged."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path, sep, query = uri[len("sqlite:///"):].partition("?")
+        return f"sqlite:///{Path(path).expanduser().resolve()}{sep}{query}" if path and path != ":memory:" else uri
+    return uri
 
 
 class Resources(Strict):
@@ -294,7 +304,7 @@ class StudyConfig(Strict):
         return "none" if self._trial.dataset.name == "synthetic" else "best"
 
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or default_tracking_uri()
+        return absolute_store_uri(self.tracking_uri) if self.tracking_uri else default_tracking_uri()
 
     def resolved_experiment(self) -> str:
         return self.experiment_name or f"mmstudy/{self.name}"
