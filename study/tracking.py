@@ -36,6 +36,7 @@ log = logging.getLogger("mmstudy.tracking")
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, REASON_TAG = "mmstudy.trial_id", "mmstudy.study", "mmstudy.status", "mmstudy.status_reason"
 PER_SEED_TAG, PER_SEED_LIMIT = "mmstudy.per_seed", 8000  # MLflow's tag values hold 8000 characters
 CONFIG_ARTIFACT = "trial_config.yaml"
+PREDICTION_ROLES = ("confirm", "baseline")  # confirmed trials: their test predictions go on the run
 RETRY_AFTER_S = 30.0
 # Tune's bookkeeping and the trainable's flags: in the study folder, not on a run a person reads.
 NOT_METRICS = {"timestamp", "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "done",
@@ -184,7 +185,7 @@ class TrialWriter:
     def log_predictions(self, trial_id: str, spec: dict[str, Any], checkpoint) -> None:
         """A confirmed trial's (confirm, baseline) per-example test predictions at each seed's best validation
         epoch, from its last checkpoint, as `predictions/test_predictions.csv` (paired tests read them)."""
-        if checkpoint is None or spec.get("role") not in ("confirm", "baseline"):
+        if checkpoint is None or spec.get("role") not in PREDICTION_ROLES:
             return
         with checkpoint.as_directory() as folder:
             path = Path(folder) / PREDICTIONS_FILE
@@ -276,7 +277,7 @@ class TrialTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = dict(trial.last_result or {})
         status, reason = trial_status(last, self.epochs)
-        if status == "finished":
+        if status == "finished" and trial.config.get("role") in PREDICTION_ROLES:
             self._submit("predictions", "log_predictions", trial.trial_id, dict(trial.config), trial.checkpoint)
         self._submit("run closing", "close", trial.trial_id, dict(trial.config), status, reason, last)
 
@@ -316,7 +317,7 @@ def replay(study: Study) -> dict[str, int]:
             writer.close(trial.trial_id, trial.config, "failed", last_error_line(trial.error_file), last)
         elif trial.status == "TERMINATED" or last.get("diverged") or int(last.get("training_iteration", 0)) >= epochs:
             status = trial_status(last, epochs)
-            if status[0] == "finished":
+            if status[0] == "finished" and trial.config.get("role") in PREDICTION_ROLES:
                 writer.log_predictions(trial.trial_id, trial.config, analysis.get_last_checkpoint(trial))
             writer.close(trial.trial_id, trial.config, *status, last)
         else:
