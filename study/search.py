@@ -18,7 +18,6 @@ has ended. Its state is plain JSON; on restore the Optuna studies are loaded aga
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field

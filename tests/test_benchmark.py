@@ -196,7 +196,8 @@ def test_a_search_study_is_the_same_searcher_with_one_method_and_its_optuna_stud
     cfg = load_study_config(None, raw={"name": "one", "trial": TINY_TRIAL, "search_space": "ogm_ge", "num_samples": 2,
                                        "baseline": {"enabled": False}, "confirm": {"top_k": 1, "seeds": [5]},
                                        "shared_space": {"optim.lr": {"low": 0.01, "high": 0.02}}})
-    assert cfg.per_seed_keys() == [] and cfg.protocol_tags()["mmstudy.noise_sources"] == "training seed; fixed data draw"
+    assert cfg.per_seed_keys() == []
+    assert cfg.protocol_tags()["mmstudy.noise_sources"] == "training seed; fixed data draw"
     ids: list[str] = []
     specs = _drive(StudySearcher.for_study(cfg, tmp_path), ids, lambda spec: spec["point"]["balancer.alpha"])
     assert [s["role"] for s in specs] == ["search", "search", "confirm"]
