@@ -128,7 +128,7 @@ def start(cfg: StudyConfig, config_path: str | None = None, shared_group: str | 
             "mmstudy.study": cfg.name, "mmstudy.kind": "study", "mmstudy.mode": cfg.mode,
             "mmstudy.git_commit": git_commit(), "mmstudy.dataset": dataset_label(cfg),
             "mmstudy.balancer": cfg.trial_config().balancer.name, "mmstudy.config_hash": cfg.config_hash(),
-            "mmstudy.study_dir": str(study_dir), "mmstudy.status": "running"}).info.run_id
+            "mmstudy.study_dir": str(study_dir), "mmstudy.status": "running", **cfg.protocol_tags()}).info.run_id
         client.log_batch(parent_id, params=[Param(k, v) for k, v in params_of(snapshot).items()])
         make_study_folder(study_dir, shared_group, made_dirs)
         (study_dir / SNAPSHOT_ARTIFACT).write_text(yaml.safe_dump(snapshot, sort_keys=False))

@@ -49,6 +49,9 @@ def resume_study(study_dir: str | Path, verbose: int = 0, out=None, shared_group
     cfg = study.config
     if not study.tune_dir.exists() or not tune().Tuner.can_restore(str(study.tune_dir)):
         raise ConfigError(f"study: '{study.dir}' has no restorable Tune experiment (was it started?)")
+    from study.search import check_saved_state
+
+    check_saved_state(cfg, study.tune_dir)                   # Tune would restart the study on a bad searcher state
     records.open_existing(study.info["tracking_uri"])       # the study's own store, never a new one
     records.expect_restored(study)                           # the trials Tune recorded: a restore that loses one stops
     quiet_tune(verbose)
@@ -99,14 +102,9 @@ class RestoreFailure:
 def wrap_up(study: records.Study, results) -> Outcome:
     """The Optuna study tidied, the best trial's weights (when asked), the answer against the baseline, the
     parent run closed."""
-    from study.search import close_orphaned_proposals
+    from study.search import close_orphans
 
-    if study.config.mode == "benchmark":
-        from study.benchmark import close_orphans
-
-        close_orphans(study.config, study.dir)               # each method's proposals a killed driver never trained
-    else:
-        close_orphaned_proposals(study.dir, study.config.name)
+    close_orphans(study.config, study.dir)                   # each method's proposals a killed driver never trained
     if study.config.checkpoint_policy() == "best":
         from study.tracking import log_best_weights
 
@@ -139,21 +137,17 @@ def trainable_for(cfg: StudyConfig):
 
 
 def study_searcher(study: records.Study):
-    """The study's one searcher; a benchmark's interleaves one Optuna study per method (study.benchmark)."""
+    """The study's one searcher: one Optuna study per method, interleaved (a search study has one method)."""
     from study.search import StudySearcher
 
-    if study.config.mode == "benchmark":
-        from study.benchmark import BenchmarkSearcher
-
-        return BenchmarkSearcher.for_study(study.config, study.dir)
     return StudySearcher.for_study(study.config, study.dir)
 
 
 def tune_config(study: records.Study, searcher):
-    from study import benchmark, search
+    from study import search
 
     cfg = study.config
-    scheduler = (benchmark if cfg.mode == "benchmark" else search).scheduler_for(cfg)  # a benchmark: ASHA per method
+    scheduler = search.scheduler_for(cfg)                    # ASHA per method
     TrialName = search.TrialName
     return tune().TuneConfig(metric=cfg.metric.name, mode=cfg.metric.mode, search_alg=searcher,
                              scheduler=scheduler, num_samples=searcher.total(),

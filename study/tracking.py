@@ -26,15 +26,18 @@ from ray.tune import Callback
 
 from search_spaces import apply_point
 from study.folder import TUNE_DIR, Study, read_info, trial_ids_ever, tune_trials
+from study.search import TAGGED_KEYS
 from study.status import trial_status
 from trainables.config import build_trial_config, flatten
 from trainables.errors import ConfigError
+from trainables.tune_trainable import PREDICTIONS_FILE, seed_overrides
 
 log = logging.getLogger("mmstudy.tracking")
 
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, REASON_TAG = "mmstudy.trial_id", "mmstudy.study", "mmstudy.status", "mmstudy.status_reason"
 PER_SEED_TAG, PER_SEED_LIMIT = "mmstudy.per_seed", 8000  # MLflow's tag values hold 8000 characters
 CONFIG_ARTIFACT = "trial_config.yaml"
+PREDICTION_ROLES = ("confirm", "baseline")  # confirmed trials: their test predictions go on the run
 RETRY_AFTER_S = 30.0
 # Tune's bookkeeping and the trainable's flags: in the study folder, not on a run a person reads.
 NOT_METRICS = {"timestamp", "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "done",
@@ -78,8 +81,10 @@ def per_seed_values(result: dict[str, Any]) -> str:
 
 
 def resolved_trial_config(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """The exact trial config of a trial (without its seed: the seeds are the run's `seeds`)."""
-    cfg = build_trial_config(apply_point(base, spec["point"]), {"seed": spec["seeds"][0]}).to_dict()
+    """The exact trial config of a trial (without its seed: the seeds are the run's `seeds`; a data seed that
+    follows the training seed shows the first seed's)."""
+    overrides = seed_overrides(spec["seeds"][0], spec.get("per_seed_keys", ()))
+    cfg = build_trial_config(apply_point(base, spec["point"]), overrides).to_dict()
     cfg.pop("seed")
     return cfg
 
@@ -127,10 +132,8 @@ class TrialWriter:
                     STATUS_TAG: "running", "mmstudy.role": spec["role"], "mmstudy.trial_config": json.dumps(resolved),
                     "mmstudy.seeds": json.dumps(spec["seeds"]), "mmstudy.point": json.dumps(spec["point"], default=str)}
             tags.update({f"mmstudy.{k}": str(v) for k, v in spec["point"].items() if k.startswith("sweep_")})
-            if "confirms" in spec:
-                tags["mmstudy.confirms"] = spec["confirms"]
-            if "method" in spec:  # benchmark mode: which method's search or confirmation this trial is
-                tags["mmstudy.method"] = spec["method"]
+            # the confirmed search trial and its rank, the benchmark method, joint baseline, sampler start-up
+            tags.update({f"mmstudy.{k}": str(spec[k]) for k in TAGGED_KEYS if k in spec})
             run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
             params = params_of(resolved)
             params["seeds"] = json.dumps(spec["seeds"])
@@ -165,6 +168,16 @@ class TrialWriter:
         tags += [RunTag(REASON_TAG, reason[:5000])] if reason else []
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status={"finished": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED"))
+
+    def log_predictions(self, trial_id: str, spec: dict[str, Any], checkpoint) -> None:
+        """A confirmed trial's (confirm, baseline) per-example test predictions at each seed's best validation
+        epoch, from its last checkpoint, as `predictions/test_predictions.csv` (paired tests read them)."""
+        if checkpoint is None or spec.get("role") not in PREDICTION_ROLES:
+            return
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / PREDICTIONS_FILE
+            if path.is_file():
+                self.client.log_artifact(self.run_for(trial_id, spec), str(path), "predictions")
 
     def log_weights(self, trial_id: str, spec: dict[str, Any], folder: str) -> int:
         """The best epoch's checkpoint (every seed's weights) as the run's `best_checkpoint/`; returns bytes."""
@@ -301,6 +314,8 @@ class TrialTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = dict(trial.last_result or {})
         status, reason = trial_status(last, self.epochs)
+        if status == "finished" and trial.config.get("role") in PREDICTION_ROLES:
+            self._submit("predictions", "log_predictions", trial.trial_id, dict(trial.config), trial.checkpoint)
         self._submit("run closing", "close", trial.trial_id, dict(trial.config), status, reason, last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -340,7 +355,10 @@ def replay(study: Study) -> dict[str, int]:
         if trial.status == "ERROR":
             writer.close(trial.trial_id, trial.config, "failed", last_error_line(trial.error_file), last)
         elif trial.status == "TERMINATED" or last.get("diverged") or int(last.get("training_iteration", 0)) >= epochs:
-            writer.close(trial.trial_id, trial.config, *trial_status(last, epochs), last)
+            status = trial_status(last, epochs)
+            if status[0] == "finished" and trial.config.get("role") in PREDICTION_ROLES:
+                writer.log_predictions(trial.trial_id, trial.config, analysis.get_last_checkpoint(trial))
+            writer.close(trial.trial_id, trial.config, *status, last)
         else:
             continue
         counts["closed"] += 1

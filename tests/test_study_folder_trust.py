@@ -449,8 +449,6 @@ def test_a_restore_that_loses_trials_stops_and_deletes_nothing(finished_study, c
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="the searcher state is still pickled until benchproto's JSON searcher state "
-                                       "is merged; then remove this mark")
 def test_the_searcher_state_is_json(finished_study):
     path = next((finished_study.study_dir() / "tune").glob("searcher-state-*"))
     json.loads(path.read_text())

@@ -73,6 +73,10 @@ def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local)
     assert baseline.data.params["balancer.name"] == "none" and baseline.data.params["seeds"] == "[0, 1, 2]"
     assert {f"best_test_acc/seed_{s}" for s in (0, 1, 2)} <= set(json.loads(baseline.data.tags["mmstudy.per_seed"]))
     assert baseline.data.tags["mmstudy.status"] == "finished" and baseline.info.status == "FINISHED"
+    for run in [baseline, *roles["confirm"]]:  # confirmed trials keep their best epochs' test predictions
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == \
+            ["predictions/test_predictions.csv"]
+    assert sorted(r.data.tags["mmstudy.confirm_rank"] for r in roles["confirm"]) == ["1", "2"]
     for run in roles["confirm"]:
         assert run.data.params["seeds"] == "[7]" and run.data.tags["mmstudy.status"] == "finished"
         point = json.loads(run.data.tags["mmstudy.point"])
@@ -268,9 +272,9 @@ def test_debug_from_run_reproduces_a_trials_exact_config(tmp_path, ray_local):
     run_study(cfg)
     client = MlflowClient(cfg.resolved_tracking_uri())
     _, runs = children(client, cfg.study_dir())
-    for each in runs:  # log_checkpoint: best -- the best epoch's weights on every trial run
+    for each in runs:  # log_checkpoint: best -- the best epoch's weights (and test predictions) on every trial run
         assert [a.path for a in client.list_artifacts(each.info.run_id, "best_checkpoint")] == \
-            ["best_checkpoint/seed_0.pt"]
+            ["best_checkpoint/seed_0.pt", "best_checkpoint/test_predictions.csv"]
     run = runs[0]
     out = tmp_path / "debug"
     assert main(["debug", "--from-run", run.info.run_id, "--tracking-uri", cfg.resolved_tracking_uri(),
