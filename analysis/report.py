@@ -115,6 +115,9 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
 
 
+CONTOUR_SUFFIX = {"multimodal": "mm", "multimodal+unimodal": "mm_um"}
+
+
 def sensitivity_files(sens: Sensitivity | None, space, name: str, out: Path) -> list[str]:
     """sensitivity.png/.pdf and sensitivity.csv; for a search also Optuna's slice plot, contour plots of the two most
     important parameters and of each constrained pair (one per loss setting when the search ran both), and the
@@ -128,10 +131,9 @@ def sensitivity_files(sens: Sensitivity | None, space, name: str, out: Path) -> 
     settings = sens.settings if len(sens.settings) > 1 else [None]
     for pair in contour_pairs(sens, space):
         for setting in settings:
-            suffix = "" if setting is None else "_" + setting.replace("multimodal+unimodal", "mm_um").replace(
-                "multimodal", "mm")
-            written += _save(contour_figure(sens, space, pair, name, setting), out,
-                             f"contour_{'_'.join(p.replace('balancer.', '').replace('.', '_') for p in pair)}{suffix}")
+            stem = "_".join(["contour", *(p.replace("balancer.", "").replace(".", "_") for p in pair)]
+                            + ([CONTOUR_SUFFIX.get(setting, setting)] if setting else []))
+            written += _save(contour_figure(sens, space, pair, name, setting), out, stem)
     written += _save(importance_figure(sens, name), out, "importance")
     return written
 

@@ -31,6 +31,7 @@ from study.ranking import rank_column
 ENDED = ("finished", "pruned")  # a search's compared trials: ran every epoch, or stopped by ASHA at a rung
 MIN_SURROGATE = 6  # fewer trials: only the trials are drawn, no partial dependence
 GRID_POINTS = 40
+MAX_BACKGROUND = 200  # trials the partial dependence averages over (a fixed random subset of a larger study)
 
 
 def is_fraction(metric: str) -> bool:
@@ -213,10 +214,13 @@ class _Design:
         return self.numeric.index(name)
 
     def set_category(self, x: np.ndarray, name: str, level: str) -> None:
-        start = len(self.numeric) + sum(len(v) for k, v in self.categorical.items()
-                                        if list(self.categorical).index(k) < list(self.categorical).index(name))
-        for i, other in enumerate(self.categorical[name]):
-            x[:, start + i] = float(other == level)
+        """Every row of the design `x` at `level` of the categorical parameter `name`."""
+        start = len(self.numeric)
+        for other, levels in self.categorical.items():
+            if other == name:
+                x[:, start:start + len(levels)] = [float(v == level) for v in levels]
+                return
+            start += len(levels)
 
 
 def fit_surrogate(x: np.ndarray, y: np.ndarray):
@@ -250,16 +254,19 @@ def partial_dependence(points: pd.DataFrame, params: list[str], space: SearchSpa
     """The surrogate's partial dependence on each of `params`, per loss setting: at each value v, the mean over
     every trial of the latent function with the parameter set to v (and the loss setting to that setting) --
     what sklearn.inspection.partial_dependence computes, with the posterior std of that average from the
-    Gaussian process's covariance. Returns the curves and the surrogate's noise std (one trial's noise)."""
+    Gaussian process's covariance. The change's interval is for the curve's own lowest and highest points, so
+    it is a little optimistic for a flat curve (the extremes are picked from it). Returns the curves and the
+    surrogate's noise std (one trial's scatter)."""
     categorical = {n: sorted(points[_Design.column(n)].astype(str).unique()) for n in
                    [k for k, p in space.params.items() if p.type == "categorical" and f"param.{k}" in points]
                    + ([SETTING] if SETTING in points and points[SETTING].nunique() > 1 else [])}
     numeric = [n for n in space.sampled_names() if n not in categorical and f"param.{n}" in points
                and points[f"param.{n}"].notna().all() and points[f"param.{n}"].nunique() > 1]
     design = _Design(points, numeric, categorical, space)
-    base = design.matrix(points)
-    y = points["value"].to_numpy(dtype=float)
-    model, noise = fit_surrogate(base, y)
+    x_all = design.matrix(points)
+    model, noise = fit_surrogate(x_all, points["value"].to_numpy(dtype=float))
+    keep = np.sort(np.random.default_rng(0).choice(len(points), min(len(points), MAX_BACKGROUND), replace=False))
+    base = x_all[keep]
     z = stats.norm.ppf(0.5 + confidence / 2)
     curves = []
     for name in (p for p in params if p in numeric):

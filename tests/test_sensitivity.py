@@ -308,3 +308,18 @@ def test_report_of_a_real_asha_search_uses_every_trial(asha_study, tmp_path):
     assert f"{len(ended)} trials compared at" in section and "![slice](slice.png)" in section
     assert "fANOVA importance" in section and "Joint training" in section
     assert json.loads(json.dumps(result["counts"]))["finished"] >= 2
+
+
+def test_contour_pairs_are_the_two_most_important_and_each_constrained_pair():
+    """RedReg: gamma x R when they are the most important, and tau_min x tau_max, tied by `tau_min < tau_max`."""
+    from analysis.plots import contour_pairs
+    from analysis.sensitivity import Sensitivity
+
+    space = load_space("redreg")
+    params = [f"balancer.{p}" for p in ("gamma", "beta", "R", "tau_min", "tau_max")]
+    sens = Sensitivity("search", "best_val_acc", 100.0, (0.0, 1.0), ["multimodal"], params, {}, study=object(),
+                       importances={"balancer.gamma": 0.5, "loss_setting": 0.3, "balancer.R": 0.1, "balancer.tau_max": 0.05,
+                                    "balancer.beta": 0.03, "balancer.tau_min": 0.02})
+    assert contour_pairs(sens, space) == [("balancer.gamma", "balancer.R"), ("balancer.tau_min", "balancer.tau_max")]
+    sens.importances = {"balancer.tau_max": 0.6, "balancer.tau_min": 0.3, "balancer.gamma": 0.1}
+    assert contour_pairs(sens, space) == [("balancer.tau_max", "balancer.tau_min")]  # the same pair once
