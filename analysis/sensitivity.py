@@ -409,21 +409,40 @@ def analyse(trials: pd.DataFrame, config: dict[str, Any], space: SearchSpace, me
     """A study's sensitivity: a one-at-a-time grid's sweeps, or a search's trials at their common fidelity with
     the surrogate's partial dependence and fANOVA importance. `history(trials, metrics)` loads per-epoch values
     (analysis.load.load_histories); it is called only when some compared trial stopped before the full budget.
-    `epoch` forces the search's fidelity (trials that did not reach it are left out). None: nothing varied."""
+    `epoch` forces the search's fidelity (trials that did not reach it are left out); `interval` is what a grid's
+    figure draws ("pooled" or "per_point"). None: no parameter to draw (e.g. a comparison of named variants)."""
     own = trials[~roles(trials).isin(["baseline", "confirm"])]
+    swept = own["sweep_param"] if "sweep_param" in own else pd.Series(None, index=own.index, dtype=object)
+    if (swept.notna() & (swept != "variant")).any():
+        return _grid_sensitivity(trials, own, space, interval)
+    if swept.notna().any():
+        return None
+    return _search_sensitivity(trials, own, config, space, metric, mode, history, epoch)
+
+
+def _settings(frame: pd.DataFrame) -> list[str]:
+    return sorted(frame["loss_setting"].dropna().unique()) if "loss_setting" in frame else []
+
+
+def _baseline_rows(trials: pd.DataFrame, settings: list[str]) -> dict[str, pd.Series]:
+    """Each loss setting's own joint-training baseline trial (none for a setting without one)."""
     done = finished(trials)
-    settings_all = sorted(own["loss_setting"].dropna().unique()) if "loss_setting" in own else []
-    if "sweep_param" in own and (own["sweep_param"].notna() & (own["sweep_param"] != "variant")).any():
-        sweeps = grid_sweeps(own)
-        if not sweeps:
-            return None
-        baselines = {s: clip(seed_stats(b, "test_acc"), (0.0, 1.0)) for s in settings_all
-                     if (b := baseline_for(done, s)) is not None and b.get("loss_setting") == s}
-        swept = list(dict.fromkeys(s.param for s in sweeps))
-        params = [p for p in space.params if p in swept] + [p for p in swept if p not in space.params]
-        return Sensitivity("grid", "test_acc", 100.0, (0.0, 1.0), settings_all, params, baselines, interval, sweeps)
-    if own["sweep_param"].notna().any() if "sweep_param" in own else False:
-        return None  # a comparison of named variants: no parameter to draw
+    return {s: b for s in settings if (b := baseline_for(done, s)) is not None and b.get("loss_setting") == s}
+
+
+def _grid_sensitivity(trials: pd.DataFrame, own: pd.DataFrame, space: SearchSpace, interval: str) -> Sensitivity | None:
+    sweeps = grid_sweeps(own)
+    if not sweeps:
+        return None
+    settings = _settings(own)
+    baselines = {s: clip(seed_stats(b, "test_acc"), (0.0, 1.0)) for s, b in _baseline_rows(trials, settings).items()}
+    swept = list(dict.fromkeys(s.param for s in sweeps))
+    params = [p for p in space.params if p in swept] + [p for p in swept if p not in space.params]
+    return Sensitivity("grid", "test_acc", 100.0, (0.0, 1.0), settings, params, baselines, interval, sweeps)
+
+
+def _search_sensitivity(trials: pd.DataFrame, own: pd.DataFrame, config: dict[str, Any], space: SearchSpace,
+                        metric: str, mode: str, history, epoch: int | None) -> Sensitivity | None:
     column = rank_column(trials, metric)
     if column not in trials:
         return None
@@ -432,33 +451,31 @@ def analyse(trials: pd.DataFrame, config: dict[str, Any], space: SearchSpace, me
         return None
     excluded = own[~own.index.isin(compared.index)]["status"].value_counts().to_dict()
     budget = trial_budget(trials, config)
-    rungs = asha_rungs(config, budget)
-    fraction = is_fraction(column)
-    bounds = (0.0, 1.0) if fraction else None
-    bases = {s: b for s in settings_all if (b := baseline_for(done, s)) is not None and b.get("loss_setting") == s}
-    needs_history = (epoch is not None and epoch < budget) or (compared["status"] != "finished").any()
+    bounds = (0.0, 1.0) if is_fraction(column) else None
+    bases = _baseline_rows(trials, _settings(own))
     hist = None
-    if needs_history and history is not None:
+    if history is not None and ((epoch is not None and epoch < budget) or (compared["status"] != "finished").any()):
         pool = pd.concat([compared, *(b.to_frame().T for b in bases.values())])
         pool.attrs = trials.attrs
         hist = history(pool, [column, f"{column}_std"])
-    fid = common_fidelity(compared, hist, column, rungs, budget, epoch)
+    fid = common_fidelity(compared, hist, column, asha_rungs(config, budget), budget, epoch)
+    if fid.left_out:
+        excluded["without a value at this epoch"] = len(fid.left_out)
     points = compared[compared["trial_id"].isin(fid.values.index)].copy()
     points["value"] = points["trial_id"].map(fid.values)
     points["full"] = points["trial_id"].map(fid.full) if fid.epoch < budget else np.nan
-    if fid.left_out:
-        excluded["without a value at this epoch"] = len(fid.left_out)
-    settings = sorted(points["loss_setting"].dropna().unique()) if "loss_setting" in points else []
-    baselines = {s: baseline_at(b, hist, column, fid.epoch, budget, bounds) for s, b in bases.items()}
-    baselines_full = ({s: baseline_at(b, hist, column, budget, budget, bounds) for s, b in bases.items()}
-                      if fid.epoch < budget else {})
+    settings = _settings(points)
     direction = "minimize" if mode == "min" else "maximize"
     study = optuna_study(points, space, direction)
     params = [n for n in space.sampled_names() if f"param.{n}" in points
               and pd.api.types.is_numeric_dtype(points[f"param.{n}"]) and points[f"param.{n}"].nunique() > 1]
-    sens = Sensitivity("search", column, 100.0 if fraction else 1.0, bounds, settings, params, baselines,
-                       points=points, fidelity=fid, baselines_full=baselines_full, study=study,
-                       importances=param_importances(study), direction=direction, excluded=excluded)
+    sens = Sensitivity(
+        "search", column, 100.0 if bounds else 1.0, bounds, settings, params,
+        {s: baseline_at(b, hist, column, fid.epoch, budget, bounds) for s, b in bases.items()},
+        points=points, fidelity=fid, study=study, importances=param_importances(study), direction=direction,
+        excluded=excluded,
+        baselines_full=({s: baseline_at(b, hist, column, budget, budget, bounds) for s, b in bases.items()}
+                        if fid.epoch < budget else {}))
     drawable = [p for p in params if points[f"param.{p}"].nunique() >= 3]
     if len(points) >= MIN_SURROGATE and points["value"].nunique() > 1 and drawable:
         sens.curves, sens.noise_sd = partial_dependence(
@@ -466,7 +483,7 @@ def analyse(trials: pd.DataFrame, config: dict[str, Any], space: SearchSpace, me
             bounds)
         seeds = int(points["num_seeds"].median()) if "num_seeds" in points else 1
         for curve in sens.curves:
-            base = baselines.get(curve.setting)
+            base = sens.baselines.get(curve.setting)
             if base is not None and base.std is not None:
                 curve.seed_noise = seed_noise(base.std, seeds)
     return sens
