@@ -1,4 +1,5 @@
-"""Figures in the papers' styles: sensitivity (RedReg Fig. 4/5), training dynamics (Fig. 1/3), importance."""
+"""Figures in the papers' styles: sensitivity (RedReg Fig. 4/5, analysis.sensitivity) with Optuna's slice, contour
+and importance plots, training dynamics (Fig. 1/3), the Pareto front of a multi-objective study."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,7 +11,7 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.sensitivity import MIN_SURROGATE, Sensitivity  # noqa: E402
+from analysis.sensitivity import MIN_SURROGATE, SHORT_SETTING, Sensitivity, param_name  # noqa: E402
 from analysis.stats import SeedSummary  # noqa: E402
 from analysis.tables import baseline_for, finished, roles, seed_stats  # noqa: E402
 from search_spaces import SearchSpace  # noqa: E402
@@ -18,15 +19,10 @@ from study.ranking import pareto_front, rank_column  # noqa: E402
 
 SETTING_STYLE = {"multimodal": ("tab:blue", "o", "multimodal loss"),
                  "multimodal+unimodal": ("tab:red", "s", "multimodal + unimodal loss (*)")}
-SHORT_SETTING = {"multimodal": "MM", "multimodal+unimodal": "MM+UM*"}
 
 
 def _style(setting) -> tuple[str, str, str]:
     return SETTING_STYLE.get(setting, ("tab:gray", "^", str(setting) if setting is not None else "trials"))
-
-
-def _name(param: str) -> str:
-    return param.replace("balancer.", "")
 
 
 def _baseline_band(ax, base: SeedSummary | None, scale: float, color: str, label: str) -> None:
@@ -44,7 +40,7 @@ def _param_axis(ax, space: SearchSpace, param: str) -> None:
     if spec is not None and spec.log:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(_name(param))
+    ax.set_xlabel(param_name(param))
     ax.grid(alpha=0.3)
 
 
@@ -131,7 +127,7 @@ def sensitivity_figure(sens: Sensitivity | None, space: SearchSpace, study: str)
         if stacked:
             top.set_xlabel("")
             top.tick_params(labelbottom=False)
-        top.set_title(f"{_name(param)}" + (f"\n{note}" if note else ""), fontsize=9)
+        top.set_title(f"{param_name(param)}" + (f"\n{note}" if note else ""), fontsize=9)
         if c == 0:
             top.set_ylabel(sens.label, fontsize=9)
             if stacked:
@@ -197,7 +193,7 @@ def slice_figure(sens: Sensitivity | None, study: str):
         for setting, base in sens.baselines.items():
             color, _, _ = _style(setting)
             _baseline_band(ax, base, sens.scale, color, f"joint training ({SHORT_SETTING.get(setting, setting)})")
-        ax.set_xlabel(_name(ax.get_xlabel()), fontsize=9)
+        ax.set_xlabel(param_name(ax.get_xlabel()), fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         if ax.get_xlabel() == "loss_setting":
             ax.set_xticks(ax.get_xticks(), [SHORT_SETTING.get(t.get_text().strip("'"), t.get_text())
@@ -226,10 +222,10 @@ def contour_figure(sens: Sensitivity, space: SearchSpace, pair: tuple[str, str],
         return None
     ax = _optuna_plot(plot_contour, sub, params=list(pair), target=lambda t: sens.scale * t.value,
                       target_name=sens.label)
-    ax.set_xlabel(_name(ax.get_xlabel()))
-    ax.set_ylabel(_name(ax.get_ylabel()))
+    ax.set_xlabel(param_name(ax.get_xlabel()))
+    ax.set_ylabel(param_name(ax.get_ylabel()))
     where = f", {SETTING_STYLE[setting][2]}" if setting in SETTING_STYLE else ""
-    ax.set_title(f"{study}: {_name(pair[0])} x {_name(pair[1])}{where}, {len(points)} trials at epoch "
+    ax.set_title(f"{study}: {param_name(pair[0])} x {param_name(pair[1])}{where}, {len(points)} trials at epoch "
                  f"{sens.fidelity.epoch}\n(Optuna contour: interpolated between the trials, dots)", fontsize=9)
     ax.figure.tight_layout()
     return ax.figure
@@ -288,7 +284,7 @@ def importance_figure(sens: Sensitivity | None, study: str):
 
     ax = _optuna_plot(plot_param_importances, sens.study,
                       evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target_name=sens.label)
-    ax.set_yticks(ax.get_yticks(), [_name(t.get_text()) for t in ax.get_yticklabels()])
+    ax.set_yticks(ax.get_yticks(), [param_name(t.get_text()) for t in ax.get_yticklabels()])
     for loc in ("left", "right"):
         ax.set_title("", loc=loc)  # Optuna's own title
     ax.set_title(f"{study}: fANOVA importance for {sens.column} at epoch {sens.fidelity.epoch} "

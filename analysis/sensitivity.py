@@ -28,10 +28,16 @@ from analysis.tables import baseline_for, finished, roles, seed_stats, seed_valu
 from search_spaces import SearchSpace
 from study.ranking import rank_column
 
+SHORT_SETTING = {"multimodal": "MM", "multimodal+unimodal": "MM+UM*"}
 ENDED = ("finished", "pruned")  # a search's compared trials: ran every epoch, or stopped by ASHA at a rung
 MIN_SURROGATE = 6  # fewer trials: only the trials are drawn, no partial dependence
 GRID_POINTS = 40
 MAX_BACKGROUND = 200  # trials the partial dependence averages over (a fixed random subset of a larger study)
+
+
+def param_name(param: str) -> str:
+    """A parameter as figures and words show it: `balancer.gamma` -> `gamma`."""
+    return param.replace("balancer.", "")
 
 
 def is_fraction(metric: str) -> bool:
@@ -507,7 +513,7 @@ def _x(value: float) -> str:
 
 
 def _setting(setting) -> str:
-    return {"multimodal": "MM", "multimodal+unimodal": "MM+UM*"}.get(setting, str(setting))
+    return SHORT_SETTING.get(setting, str(setting))
 
 
 def sensitivity_table(sens: Sensitivity | None) -> pd.DataFrame:
@@ -542,13 +548,13 @@ def _grid_findings(sens: Sensitivity) -> list[str]:
              f"interval is a 95 % t-interval on its pooled within-point seed variance (one-way ANOVA residual); "
              f"a parameter matters **beyond noise** when its sweep's one-way ANOVA (H0: moving it changes "
              f"nothing) has p < 0.05 after Holm's correction over the study's {len(sens.sweeps)} sweeps.", ""]
-    beyond = [f"{_name(s.param)} ({_setting(s.setting)})" for s in sens.sweeps if s.beyond_noise]
+    beyond = [f"{param_name(s.param)} ({_setting(s.setting)})" for s in sens.sweeps if s.beyond_noise]
     lines.append("Beyond noise: " + (", ".join(beyond) if beyond else "none") + ".")
     lines.append("")
     for s in sorted(sens.sweeps, key=lambda s: -(s.f or 0)):
         f = s.frame
         hi, lo = f.loc[f["mean"].idxmax()], f.loc[f["mean"].idxmin()]
-        text = (f"- `{_name(s.param)}`, {_setting(s.setting)}: point means span {k * (hi['mean'] - lo['mean']):.1f} "
+        text = (f"- `{param_name(s.param)}`, {_setting(s.setting)}: point means span {k * (hi['mean'] - lo['mean']):.1f} "
                 f"points ({_pts(lo['mean'], k)} at {_x(lo['x'])} to {_pts(hi['mean'], k)} at {_x(hi['x'])})")
         if s.p is not None:
             n_points = int((f["n"] > 0).sum())
@@ -583,11 +589,11 @@ def _search_findings(sens: Sensitivity) -> list[str]:
                   "epoch.")
     intro += (" A parameter matters **beyond noise** when the credible interval of its curve's change (lowest to "
               "highest) excludes 0 and the change exceeds that seed noise.")
-    beyond = [f"{_name(c.param)} ({_setting(c.setting)})" for c in sens.curves if c.beyond_noise]
+    beyond = [f"{param_name(c.param)} ({_setting(c.setting)})" for c in sens.curves if c.beyond_noise]
     lines = [intro, "", "Beyond noise: " + (", ".join(beyond) if beyond else "none") + ".", ""]
     for param in _ordered(sens):
         imp = sens.importances.get(param)
-        head = f"- `{_name(param)}`" + (f" (fANOVA importance {imp:.2f})" if imp is not None else "")
+        head = f"- `{param_name(param)}`" + (f" (fANOVA importance {imp:.2f})" if imp is not None else "")
         parts = []
         for c in (c for c in sens.curves if c.param == param):
             part = (f"{_setting(c.setting)}: moves {k * c.spread:.1f} points, from {_pts(c.frame['mean'].min(), k)} at "
@@ -614,7 +620,7 @@ def _ordered(sens: Sensitivity) -> list[str]:
 def _importance_lines(sens: Sensitivity) -> list[str]:
     if not sens.importances:
         return ["fANOVA importance: not computed (needs 3 trials with some spread in their values)."]
-    return ["fANOVA importance: " + ", ".join(f"`{_name(p)}` {v:.2f}" for p, v in sens.importances.items()) + "."]
+    return ["fANOVA importance: " + ", ".join(f"`{param_name(p)}` {v:.2f}" for p, v in sens.importances.items()) + "."]
 
 
 def _joint_lines(sens: Sensitivity) -> list[str]:
@@ -626,7 +632,3 @@ def _joint_lines(sens: Sensitivity) -> list[str]:
         lines.append(f"At the full budget ({fid.budget} epochs): joint training {full}; the {n_full} trials that ran "
                      "every epoch are drawn there (lower panels).")
     return lines
-
-
-def _name(param: str) -> str:
-    return param.replace("balancer.", "")
