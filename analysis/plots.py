@@ -92,7 +92,7 @@ def _draw_search(axes, sens: Sensitivity, param: str) -> str:
                            f"joint training ({short}), n={base.n}" if base else "")
     notes = [] if (imp := sens.importances.get(param)) is None else [f"fANOVA {imp:.2f}"]
     for curve in (c for c in sens.curves if c.param == param):
-        verdict = "beyond noise" if curve.beyond_noise else "within seed noise" if curve.credible else "within noise"
+        verdict = "beyond noise" if curve.beyond_noise else "within noise"
         notes.append(f"{SHORT_SETTING.get(curve.setting, curve.setting or 'PD')}: {k * curve.spread:.1f}, {verdict}")
     return "; ".join(notes)
 
@@ -160,7 +160,9 @@ def _sensitivity_title(sens: Sensitivity, study: str) -> str:
     lines = [f"{study}: sensitivity of {sens.column} (the study's metric) at {fid.text()}"]
     if sens.curves:
         lines.append("curve + band: Gaussian-process partial dependence, 95 % credible band of its mean"
-                     + (f" (one trial's noise: sd {sens.scale * sens.noise_sd:.1f})" if sens.noise_sd else ""))
+                     + (f" (one trial's noise: sd {sens.scale * sens.noise_sd:.1f}"
+                        + (", floored at joint training's seed noise)" if sens.noise_floor is not None else ")")
+                        if sens.noise_sd is not None else ""))
     else:
         lines.append(f"too few trials for a surrogate (fewer than {MIN_SURROGATE}): the trials alone")
     lines.append(f"dashed + hatched: joint training at the same epoch, mean and 95 % CI over its seeds"

@@ -154,12 +154,8 @@ class Curve:
     """The surrogate's partial dependence on one parameter within one loss setting, over the values the trials
     tried: `frame` (x, mean, low, high: the 95 % credible band of the mean function), how far it moves
     (`spread`, from its lowest at `x_worst` to its highest at `x_best`) and the 95 % credible interval of that
-    change (`change_low`, `change_high`).
-
-    The surrogate sees only the trials' scatter. When every trial ran the same seed(s), that scatter holds the
-    seed fixed, so `seed_noise` adds what the seeds would: the 95 % half-width of a difference between two
-    configurations of `seeds` seeds each, from joint training's seed-to-seed std at the same epoch. The change
-    is beyond noise when its interval excludes 0 and it exceeds `seed_noise`."""
+    change (`change_low`, `change_high`): beyond noise when it excludes 0 (the surrogate's noise is at least the
+    seed noise, `partial_dependence`)."""
     param: str
     setting: str | None
     frame: pd.DataFrame
@@ -168,15 +164,10 @@ class Curve:
     x_worst: float
     change_low: float
     change_high: float
-    seed_noise: float | None = None
-
-    @property
-    def credible(self) -> bool:
-        return self.change_low > 0
 
     @property
     def beyond_noise(self) -> bool:
-        return self.credible and (self.seed_noise is None or self.spread > self.seed_noise)
+        return self.change_low > 0
 
 
 class _Design:
@@ -229,21 +220,26 @@ class _Design:
             start += len(levels)
 
 
-def fit_surrogate(x: np.ndarray, y: np.ndarray):
+def fit_surrogate(x: np.ndarray, y: np.ndarray, noise_floor: float | None = None):
     """scikit-learn's Gaussian process (Matern 5/2 with one length scale per input, plus a learned white-noise
-    term for the trial-to-trial noise), refitted without the noise term on the same posterior so that its
-    predictions are the latent mean function's. Returns (latent model, noise std in y's units)."""
+    term for the trial-to-trial noise, at least `noise_floor` (a std in y's units)), refitted without the noise
+    term on the same posterior so that its predictions are the latent mean function's. Length scales stay <= 2
+    (the inputs span [0, 1]) and the signal variance >= 0.1 of y's: the fit cannot declare a parameter exactly
+    flat, so a flat curve keeps a band. The bands are conditional on these fitted hyperparameters (maximum
+    marginal likelihood), not integrated over them. Returns (latent model, noise std in y's units)."""
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
-    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(np.ones(x.shape[1]), (0.05, 100.0), nu=2.5)
-              + WhiteKernel(0.1, (1e-5, 10.0)))
+    spread = float(np.std(y)) or 1.0
+    low = max(1e-5, (noise_floor / spread) ** 2 if noise_floor else 0.0)  # normalize_y: noise in units of y's variance
+    kernel = (ConstantKernel(1.0, (0.1, 10.0)) * Matern(np.ones(x.shape[1]), (0.05, 2.0), nu=2.5)
+              + WhiteKernel(max(0.1, 2 * low), (low, max(10.0, 10 * low))))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning when a length scale sits at its bound
         gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=4, random_state=0).fit(x, y)
         noise = float(gp.kernel_.k2.noise_level)
         latent = GaussianProcessRegressor(gp.kernel_.k1, alpha=noise, optimizer=None, normalize_y=True).fit(x, y)
-    return latent, math.sqrt(noise) * float(np.std(y))
+    return latent, math.sqrt(noise) * spread
 
 
 def _average(model, blocks: list[np.ndarray], weights: list[float]) -> tuple[float, float]:
@@ -269,14 +265,18 @@ def _block_averages(model, blocks: list[np.ndarray], rows: int = 2000) -> tuple[
 
 
 def partial_dependence(points: pd.DataFrame, params: list[str], space: SearchSpace, settings: list[str],
-                       bounds: tuple[float, float] | None = None, confidence: float = CONFIDENCE
-                       ) -> tuple[list[Curve], float | None]:
+                       bounds: tuple[float, float] | None = None, confidence: float = CONFIDENCE,
+                       noise_floor: float | None = None) -> tuple[list[Curve], float | None]:
     """The surrogate's partial dependence on each of `params`, per loss setting: at each value v, the mean over
     every trial of the latent function with the parameter set to v (and the loss setting to that setting) --
     what sklearn.inspection.partial_dependence computes, with the posterior std of that average from the
     Gaussian process's covariance. The change's interval is for the curve's own lowest and highest points, so
-    it is a little optimistic for a flat curve (the extremes are picked from it). Returns the curves and the
-    surrogate's noise std (one trial's scatter)."""
+    it is a little optimistic for a flat curve (the extremes are picked from it).
+
+    `noise_floor`: the least noise std of one trial. Trials of a search usually share their seed(s), so their
+    scatter holds the seed fixed and the fitted noise can be near 0 (the surrogate then threads every trial and
+    calls tiny differences certain); with the floor at the seed-to-seed std, the bands include what other seeds
+    would move. Returns the curves and the surrogate's noise std (one trial)."""
     categorical = {n: sorted(points[_Design.column(n)].astype(str).unique()) for n in
                    [k for k, p in space.params.items() if p.type == "categorical" and f"param.{k}" in points]
                    + ([SETTING] if SETTING in points and points[SETTING].nunique() > 1 else [])}
@@ -284,7 +284,7 @@ def partial_dependence(points: pd.DataFrame, params: list[str], space: SearchSpa
                and points[f"param.{n}"].notna().all() and points[f"param.{n}"].nunique() > 1]
     design = _Design(points, numeric, categorical, space)
     x_all = design.matrix(points)
-    model, noise = fit_surrogate(x_all, points["value"].to_numpy(dtype=float))
+    model, noise = fit_surrogate(x_all, points["value"].to_numpy(dtype=float), noise_floor)
     keep = np.sort(np.random.default_rng(0).choice(len(points), min(len(points), MAX_BACKGROUND), replace=False))
     base = x_all[keep]
     z = stats.norm.ppf(0.5 + confidence / 2)
@@ -385,7 +385,8 @@ class Sensitivity:
     fidelity: Fidelity | None = None
     baselines_full: dict[str, SeedSummary] = field(default_factory=dict)  # search below the full budget
     curves: list[Curve] = field(default_factory=list)
-    noise_sd: float | None = None
+    noise_sd: float | None = None  # the surrogate's noise std of one trial
+    noise_floor: float | None = None  # its least value: joint training's seed std at the fidelity / sqrt(seeds per trial)
     study: Any = None  # the in-memory optuna.Study of `points`
     importances: dict[str, float] = field(default_factory=dict)
     direction: str = "maximize"
@@ -484,21 +485,21 @@ def _search_sensitivity(trials: pd.DataFrame, own: pd.DataFrame, config: dict[st
                         if fid.epoch < budget else {}))
     drawable = [p for p in params if points[f"param.{p}"].nunique() >= 3]
     if len(points) >= MIN_SURROGATE and points["value"].nunique() > 1 and drawable:
+        sens.noise_floor = seed_floor(sens.baselines, points)
         sens.curves, sens.noise_sd = partial_dependence(
             points, drawable, space, [s for s in settings if (points["loss_setting"] == s).sum() >= 3] or settings,
-            bounds)
-        seeds = int(points["num_seeds"].median()) if "num_seeds" in points else 1
-        for curve in sens.curves:
-            base = sens.baselines.get(curve.setting)
-            if base is not None and base.std is not None:
-                curve.seed_noise = seed_noise(base.std, seeds)
+            bounds, noise_floor=sens.noise_floor)
     return sens
 
 
-def seed_noise(std: float, seeds: int, confidence: float = CONFIDENCE) -> float:
-    """The 95 % half-width of a difference between two configurations of `seeds` seeds each, for a seed-to-seed
-    std `std` (normal approximation: what re-running both with other seeds could move the difference by)."""
-    return float(stats.norm.ppf(0.5 + confidence / 2) * std * math.sqrt(2 / seeds))
+def seed_floor(baselines: dict[str, SeedSummary], points: pd.DataFrame) -> float | None:
+    """One trial's seed noise: joint training's seed-to-seed std at the same epoch (root mean square over the
+    loss settings) over the root of the seeds a trial averages; None without a multi-seed baseline."""
+    stds = [b.std for b in baselines.values() if b.std is not None]
+    if not stds:
+        return None
+    seeds = float(points["num_seeds"].median()) if "num_seeds" in points else 1.0
+    return math.sqrt(float(np.mean(np.square(stds))) / max(seeds, 1.0))
 
 
 # ----------------------------------------------------------------------------- the report's table and words
@@ -580,15 +581,17 @@ def _search_findings(sens: Sensitivity) -> list[str]:
         return [intro + f" Too few trials for a surrogate (fewer than {MIN_SURROGATE}): no curves, fANOVA "
                 "importance only.", "", *_importance_lines(sens), "", *_joint_lines(sens)]
     intro += (" Curves: a Gaussian-process surrogate's partial dependence (the surrogate averaged over every trial "
-              "with one parameter moved) with 95 % credible intervals; the surrogate puts one trial's scatter at "
-              f"{k * sens.noise_sd:.1f} points (sd).")
-    seeds = {json_seeds(v) for v in pts["seeds"]} if "seeds" in pts else set()
-    if len(seeds) == 1:
-        intro += (f" Every trial ran seed(s) {next(iter(seeds))}, so that scatter holds the seed fixed; the seed "
-                  "noise of a difference between two configurations comes from joint training's seeds at the same "
-                  "epoch.")
-    intro += (" A parameter matters **beyond noise** when the credible interval of its curve's change (lowest to "
-              "highest) excludes 0 and the change exceeds that seed noise.")
+              f"with one parameter moved) with 95 % credible intervals; one trial's noise: sd {k * sens.noise_sd:.1f} "
+              "points")
+    if sens.noise_floor is not None:
+        seeds = {json_seeds(v) for v in pts["seeds"]} if "seeds" in pts else set()
+        shared = f"every trial ran seed(s) {next(iter(seeds))}, so their scatter holds the seed fixed; " if len(seeds) == 1 else ""
+        intro += (f", at least {k * sens.noise_floor:.1f} ({shared}the floor is joint training's seed-to-seed std at "
+                  "the same epoch, over the root of a trial's seeds)")
+    else:
+        intro += " (no multi-seed joint training to put a floor under it: the bands leave seed noise out)"
+    intro += (". A parameter matters **beyond noise** when the credible interval of its curve's change (lowest to "
+              "highest) excludes 0.")
     beyond = [f"{param_name(c.param)} ({_setting(c.setting)})" for c in sens.curves if c.beyond_noise]
     lines = [intro, "", "Beyond noise: " + (", ".join(beyond) if beyond else "none") + ".", ""]
     for param in _ordered(sens):
@@ -599,11 +602,7 @@ def _search_findings(sens: Sensitivity) -> list[str]:
             part = (f"{_setting(c.setting)}: moves {k * c.spread:.1f} points, from {_pts(c.frame['mean'].min(), k)} at "
                     f"{_x(c.x_worst)} to {_pts(c.frame['mean'].max(), k)} at {_x(c.x_best)}, credible interval of the "
                     f"change [{k * c.change_low:+.1f}, {k * c.change_high:+.1f}]")
-            if c.seed_noise is not None:
-                part += f", seed noise ± {k * c.seed_noise:.1f}"
-            verdict = ("**beyond noise**" if c.beyond_noise else "within the seed noise" if c.credible
-                       else "within noise")
-            parts.append(f"{part}: {verdict}")
+            parts.append(f"{part}: {'**beyond noise**' if c.beyond_noise else 'within noise'}")
         lines.append(head + (": " + "; ".join(parts) if parts else "") + ".")
     return lines + ["", *_joint_lines(sens)]
 

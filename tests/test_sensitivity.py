@@ -143,7 +143,7 @@ def test_partial_dependence_mean_is_sklearns():
     space = load_space(SPACE)
     design = _Design(sens.points, ["balancer.gamma", "balancer.beta"], {}, space)
     x = design.matrix(sens.points)
-    model, _ = fit_surrogate(x, sens.points["value"].to_numpy())
+    model, _ = fit_surrogate(x, sens.points["value"].to_numpy(), sens.noise_floor)
     curve = next(c for c in sens.curves if c.param == "balancer.gamma")
     grid = design.scaled("balancer.gamma", curve.frame["x"].to_numpy())
     ref = partial_dependence(model, x, [0], custom_values={0: grid}, kind="average", method="brute")
