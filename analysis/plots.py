@@ -159,7 +159,8 @@ def _sensitivity_title(sens: Sensitivity, study: str) -> str:
     fid = sens.fidelity
     lines = [f"{study}: sensitivity of {sens.column} (the study's metric) at {fid.text()}"]
     if sens.curves:
-        lines.append("curve + band: Gaussian-process partial dependence, 95 % credible band of its mean"
+        lines.append("curve + band: Gaussian-process partial dependence, 95 % credible band of its mean given the fitted "
+                     "length scales"
                      + (f" (one trial's noise: sd {sens.scale * sens.noise_sd:.1f}"
                         + (", floored at joint training's seed noise)" if sens.noise_floor is not None else ")")
                         if sens.noise_sd is not None else ""))

@@ -93,7 +93,7 @@ class Fidelity:
     def text(self) -> str:
         n = len(self.values)
         if self.epoch >= self.budget:
-            return f"all {n} trials at their full budget ({self.budget} epochs)"
+            return f"the full budget ({self.budget} epochs), which all {n} trials ran"
         return f"epoch {self.epoch} of {self.budget}, the largest ASHA rung all {n} trials reached"
 
 
@@ -581,7 +581,7 @@ def _search_findings(sens: Sensitivity) -> list[str]:
         return [intro + f" Too few trials for a surrogate (fewer than {MIN_SURROGATE}): no curves, fANOVA "
                 "importance only.", "", *_importance_lines(sens), "", *_joint_lines(sens)]
     intro += (" Curves: a Gaussian-process surrogate's partial dependence (the surrogate averaged over every trial "
-              f"with one parameter moved) with 95 % credible intervals; one trial's noise: sd {k * sens.noise_sd:.1f} "
+              f"with one parameter moved) with 95 % credible intervals (given its fitted length scales); one trial's noise: sd {k * sens.noise_sd:.1f} "
               "points")
     if sens.noise_floor is not None:
         seeds = {json_seeds(v) for v in pts["seeds"]} if "seeds" in pts else set()
