@@ -278,3 +278,39 @@ def _p_text(p: float | None) -> str:
     if p is None:
         return "–"
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+@dataclass(frozen=True)
+class PooledIntervals:
+    """Group means with t-intervals on the groups' pooled within-group variance (`pooled_intervals`): each
+    summary keeps its group's own n, mean and sample std; `sd` is the pooled within-group std (the root of
+    the one-way ANOVA residual mean square) on `df` = N - k degrees of freedom, the same for every group."""
+    summaries: list[SeedSummary]
+    sd: float | None
+    df: int
+
+
+def pooled_intervals(groups: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
+                     bounds: tuple[float, float] | None = None) -> PooledIntervals:
+    """Each group's mean ± t(df) * s_pooled / sqrt(n_group), s_pooled² = the one-way ANOVA residual mean square
+    over all groups (sum of squared deviations from each group's mean / (N - k)). Why: the points of a
+    one-at-a-time sweep are one trial with one parameter moved, so they share one seed-noise level; at 2 seeds
+    a point's own t-interval has 1 df (t = 12.7) and spans tens of points, the pooled one has k df. It assumes
+    equal noise across the points (ANOVA's assumption). `bounds` clips each interval to the metric's range
+    (an accuracy lies in [0, 1]). No interval without a pooled df (every group a single value)."""
+    xs = [_clean(g) for g in groups]
+    df = sum(len(x) - 1 for x in xs if len(x))
+    ss = sum(float(np.sum((x - x.mean()) ** 2)) for x in xs if len(x))
+    sd = math.sqrt(ss / df) if df > 0 else None
+    crit = float(stats.t.ppf(0.5 + confidence / 2, df)) if df > 0 else None
+    out = []
+    for x in xs:
+        own = seed_summary(x, confidence)
+        if sd is None or own.n == 0:
+            out.append(SeedSummary(own.n, own.mean, own.std, None, None))
+            continue
+        low, high = own.mean - crit * sd / math.sqrt(own.n), own.mean + crit * sd / math.sqrt(own.n)
+        if bounds is not None:
+            low, high = max(low, bounds[0]), min(high, bounds[1])
+        out.append(SeedSummary(own.n, own.mean, own.std, low, high))
+    return PooledIntervals(out, sd, df)

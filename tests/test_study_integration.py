@@ -131,8 +131,8 @@ def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local
     assert got == expected
     # the report draws these exact grid points (not binned), one line per loss setting
     from analysis import load_study
-    from analysis.plots import sensitivity_curves
     from analysis.report import build_report
+    from analysis.sensitivity import analyse
     from search_spaces import load_space
 
     before = load_study(str(cfg.study_dir())).attrs["config"]
@@ -142,10 +142,11 @@ def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local
     for study in (str(cfg.study_dir()), "mmstudy/sens"):
         trials = load_study(study, cfg.resolved_tracking_uri())
         assert trials.attrs["config"] == before and len(trials) == 8
-        curves, kind = sensitivity_curves(trials, load_space(trials.attrs["config"]["search_space"]))
-        assert kind == "exact" and set(curves) == {"balancer.gamma", "balancer.beta"}
-        assert set(curves["balancer.gamma"]) == {"multimodal", "multimodal+unimodal"}
-        assert list(curves["balancer.gamma"]["multimodal"]["x"]) == [0.0, 1.0]
+        sens = analyse(trials, trials.attrs["config"], load_space(trials.attrs["config"]["search_space"]))
+        sweeps = {(s.param, s.setting): s for s in sens.sweeps}
+        assert sens.kind == "grid" and set(sens.params) == {"balancer.gamma", "balancer.beta"}
+        assert {s for p, s in sweeps if p == "balancer.gamma"} == {"multimodal", "multimodal+unimodal"}
+        assert list(sweeps[("balancer.gamma", "multimodal")].frame["x"]) == [0.0, 1.0]
     out = build_report(str(cfg.study_dir()), str(tmp_path / "report"), command="mmstudy report sens")
     assert "sensitivity.png" in out["files"] and "importance.png" not in out["files"]
     assert "high: 2" in (tmp_path / "report" / "report.md").read_text()
