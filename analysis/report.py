@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analysis.features import feature_pictures
 from analysis.importance import param_importances
 from analysis.load import load_histories, load_study
 from analysis.plots import dynamics_figure, importance_figure, pareto_figure, sensitivity_figure
@@ -114,8 +115,10 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     written += _save(importance_figure(importances, f"{name}: importance for {target} (Optuna fANOVA)"),
                      out, "importance")
 
+    feature_files, feature_text = feature_pictures(trials, summary, out)  # MM/B-MM Fig. 4/5 (analysis.features)
+    written += feature_files
     (out / "report.md").write_text(render_markdown(name, config, counts, table, written, importances, command, attrs,
-                                                   summary, metrics, modes))
+                                                   summary, metrics, modes) + "\n" + feature_text)
     written.append("report.md")
     log_report(attrs, out, log_to_mlflow)
     return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
