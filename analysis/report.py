@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analysis.features import feature_pictures
 from analysis.load import load_histories, load_study
 from analysis.plots import (contour_figure, contour_pairs, dynamics_figure, importance_figure, pareto_figure,
                             sensitivity_figure, slice_figure)
@@ -109,8 +110,10 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
         written += _save(dynamics_figure(history, picks, mods, f"{name}: training dynamics, best trial vs baseline"
                                          f"{baseline_note}"), out, "dynamics")
 
+    feature_files, feature_text = feature_pictures(trials, summary, out)  # MM/B-MM Fig. 4/5 (analysis.features)
+    written += feature_files
     (out / "report.md").write_text(render_markdown(name, config, counts, table, written, sens, command, attrs,
-                                                   summary, metrics, modes))
+                                                   summary, metrics, modes, feature_text))
     written.append("report.md")
     log_report(attrs, out, log_to_mlflow)
     return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
@@ -163,7 +166,8 @@ def log_report(attrs: dict[str, Any], out: Path, log_to_mlflow: bool = True) -> 
             print(f"mmstudy: warning: report written to {out} but not logged to MLflow ({str(err).splitlines()[0][:200]})")
 
 
-def render_markdown(name, config, counts, table, written, sens, command, attrs, summary, metrics, modes) -> str:
+def render_markdown(name, config, counts, table, written, sens, command, attrs, summary, metrics, modes,
+                    feature_text: str = "") -> str:
     objective = ", ".join(f"`{m}` ({o})" for m, o in zip(metrics, modes))
     lines = [f"# Study report: {name}", "", summary.text, "",
              f"Produced by: `{command}`", "",
@@ -198,6 +202,8 @@ def render_markdown(name, config, counts, table, written, sens, command, attrs, 
         else:
             lines += ["_Not computed: needs at least 3 compared trials, a varied parameter and some spread in "
                       "their values._", ""]
+    if feature_text:
+        lines += [feature_text.rstrip(), ""]
     lines += ["## Study config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
               f"MLflow: tracking URI `{attrs['tracking_uri']}`, parent run `{attrs['parent_run_id']}`.", ""]
     return "\n".join(lines)

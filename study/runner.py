@@ -158,7 +158,7 @@ def tune_config(study: records.Study, searcher):
 def run_config(study: records.Study, searcher, verbose: int, out=None):
     """Study folder, failure retries, checkpoints (the best by validation accuracy is kept for
     `log_checkpoint: best`, the latest always), and the callbacks: MLflow records and the live view."""
-    from study.console import StudyConsole, short_names
+    from study.console import StudyConsole, short_names, study_plan
     from study.tracking import TrialTracker
 
     cfg = study.config
@@ -166,7 +166,7 @@ def run_config(study: records.Study, searcher, verbose: int, out=None):
         if cfg.checkpoint_policy() == "best" else {}
     console = StudyConsole(cfg.name, cfg.metric.name, cfg.metric.mode, total=searcher.total(),
                            short_names=short_names(list(cfg.space().params)), out=out or sys.stdout,
-                           epochs=cfg.trial_config().epochs)
+                           epochs=cfg.trial_config().epochs, plan=study_plan(cfg))
     callbacks = [TrialTracker(study)] + ([console] if verbose == 0 else [])
     quiet_tune(verbose)
     return tune().RunConfig(name=records.TUNE_DIR, storage_path=str(study.dir), callbacks=callbacks,

@@ -113,7 +113,9 @@ class TrialWriter:
     def logged_epochs(self, trial_id: str) -> int:
         return self.steps.get(trial_id, 0)
 
-    def run_for(self, trial_id: str, spec: dict[str, Any]) -> str:
+    def run_for(self, trial_id: str, spec: dict[str, Any], reopen: bool = True) -> str:
+        """The trial's run, created when missing; an ended one found again is reopened for more epochs
+        (a resume), unless `reopen` is off (adding weights to a closed run must leave its status)."""
         if trial_id in self.runs:
             return self.runs[trial_id]
         found = self.client.search_runs(
@@ -123,7 +125,7 @@ class TrialWriter:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "epoch")
             self.steps[trial_id] = max((int(m.step) for m in history), default=0)
-            if found[0].info.status != "RUNNING":
+            if reopen and found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         else:
             resolved = resolved_trial_config(self.base, spec)
@@ -181,7 +183,7 @@ class TrialWriter:
 
     def log_weights(self, trial_id: str, spec: dict[str, Any], folder: str) -> int:
         """The best epoch's checkpoint (every seed's weights) as the run's `best_checkpoint/`; returns bytes."""
-        run_id = self.run_for(trial_id, spec)
+        run_id = self.run_for(trial_id, spec, reopen=False)
         self.client.log_artifacts(run_id, folder, "best_checkpoint")
         return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
