@@ -11,8 +11,8 @@ UMAP embedding that is drawn (one seed).
 Each model is rebuilt from its MLflow run: the resolved trial config (`mmstudy.trial_config` tag) gives the
 trainer (the synthetic benchmark regenerates from its seed), the run's `best_checkpoint/` (`log_checkpoint:
 best`) its weights. A run is untrusted input: the weights are loaded with `torch.load(weights_only=True)`
-(`Trainer.load`), seeds must be integers, and only registered balancers are built -- a `package.module:Class`
-name in a run's tags is refused, never imported.
+(`Trainer.load`), the tags are checked as `debug --from-run` checks them (study.debug.trial_from_tags), and a
+`package.module:Class` name in them is refused, never imported (trainables.balancers.plugin_trust).
 
 umap-learn is an optional extra (`pip install -e ".[umap]"`); without it the section has the feature-space
 numbers and one line saying how to get the figure.
@@ -79,28 +79,6 @@ class TrialFeatures:
     labels: np.ndarray | None = None
 
 
-def checked_config(run, run_id: str) -> tuple[dict[str, Any], list[int]]:
-    """The run's resolved trial config and seeds, refused unless they are plain data naming a registered
-    balancer (a run's tags are untrusted: a `package.module:Class` name is never imported from them)."""
-    from trainables.balancers.registry import balancer_names
-
-    try:
-        config = json.loads(run.data.tags.get("mmstudy.trial_config", "null"))
-        seeds = json.loads(run.data.tags.get("mmstudy.seeds", "[0]"))
-    except json.JSONDecodeError:
-        raise ConfigError(f"run {run_id}: its mmstudy.trial_config / mmstudy.seeds tags are not JSON") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"run {run_id}: no mmstudy.trial_config tag (not an mmstudy trial)")
-    name = (config.get("balancer") or {}).get("name") if isinstance(config.get("balancer"), dict) else None
-    if name not in balancer_names():
-        raise ConfigError(f"run {run_id}: balancer.name {name!r} is not a registered balancer; a run's tags never "
-                          f"import code (allowed: {', '.join(balancer_names())})")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                          for s in seeds):
-        raise ConfigError(f"run {run_id}: mmstudy.seeds must be a list of non-negative integers (got {seeds!r})")
-    return config, seeds
-
-
 FUSED_AS = {"concat": "[z_a; z_v]", "sum": "[z_a; z_v]", "late": "[z_a; z_v]", "film": "FiLM hidden",
             "gated": "gated hidden"}
 
@@ -127,12 +105,18 @@ def trial_features(client, run_id: str, title: str, trial_id: str, data_cache: d
     encoders (and the fusion) in eval mode without gradients."""
     import torch
 
+    from study.debug import trial_from_tags
+    from trainables.balancers.plugin_trust import config_from_record
     from trainables.config import build_trial_config
     from trainables.data.base import model_input
     from trainables.trainer import Trainer
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no progress bars
-    config, seeds = checked_config(client.get_run(run_id), run_id)
+    trial = trial_from_tags(run_id, client.get_run(run_id).data.tags, field="report")  # tags are data, checked
+    config, seeds = trial.config, trial.seeds
+    source = f"MLflow run {run_id} (tag mmstudy.trial_config)"
+    with config_from_record(source):  # validated before anything else is read: no plug-in is imported from a run
+        build_trial_config(config, {"seed": seeds[0]})
     config = {**config, "compile": False, "device": "auto"}  # on whatever this machine has
     stored = {Path(a.path).name for a in client.list_artifacts(run_id, "best_checkpoint")}
     seeds = [s for s in seeds if f"seed_{s}.pt" in stored]
@@ -143,7 +127,8 @@ def trial_features(client, run_id: str, title: str, trial_id: str, data_cache: d
                           seeds)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            cfg = build_trial_config(config, {"seed": seed})
+            with config_from_record(source):
+                cfg = build_trial_config(config, {"seed": seed})
             key = json.dumps(cfg.to_dict()["dataset"], sort_keys=True)
             trainer = Trainer(cfg, data=data_cache.get(key))
             data_cache[key] = trainer.data

@@ -123,8 +123,8 @@ class TrialRun:
 
 
 def read_trial_run(run_id: str, uri: str) -> TrialRun:
-    """A trial's MLflow run and its mmstudy tags; a store that does not answer, a run that is not there and a
-    tag that is not what mmstudy writes are each one line naming it."""
+    """A trial's MLflow run and its mmstudy tags (`trial_from_tags`); a store that does not answer and a run
+    that is not there are each one line naming it."""
     from mlflow.exceptions import MlflowException
 
     from study.records import existing_store
@@ -136,30 +136,36 @@ def read_trial_run(run_id: str, uri: str) -> TrialRun:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise ConfigError(f"--from-run: no MLflow run '{run_id}' in {uri}") from None
         raise ConfigError(f"--from-run: cannot read run '{run_id}' from {uri} ({first_line(err)})") from None
+    return trial_from_tags(run_id, tags)
 
+
+def trial_from_tags(run_id: str, tags: dict[str, str], field: str = "--from-run") -> TrialRun:
+    """A trial run's mmstudy tags, each checked (anyone with write access to the tracking server writes tags):
+    a tag that is not what mmstudy writes is one line naming it. The config is still data: build it under
+    `config_from_record` so that a plug-in path in it is never imported unasked."""
     def tag(name: str, default: str | None = None) -> Any:
         text = tags.get(name, default)
         try:
             return None if text is None else json.loads(text)
         except ValueError:
-            raise ConfigError(f"--from-run: run '{run_id}' has a malformed {name} tag (not JSON)") from None
+            raise ConfigError(f"{field}: run '{run_id}' has a malformed {name} tag (not JSON)") from None
 
     config = tag("mmstudy.trial_config")
     if config is None:
-        raise ConfigError(f"--from-run: run '{run_id}' is not an mmstudy trial (no mmstudy.trial_config tag)")
+        raise ConfigError(f"{field}: run '{run_id}' is not an mmstudy trial (no mmstudy.trial_config tag)")
     if not isinstance(config, dict):
-        raise ConfigError(f"--from-run: run '{run_id}' has a malformed mmstudy.trial_config tag (not a mapping)")
+        raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.trial_config tag (not a mapping)")
     seeds = tag("mmstudy.seeds", "[0]")
     if not (isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
             and len(set(seeds)) == len(seeds)):
-        raise ConfigError(f"--from-run: run '{run_id}' has a malformed mmstudy.seeds tag (allowed: a non-empty "
+        raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.seeds tag (allowed: a non-empty "
                           f"list of distinct non-negative integers; got {tags.get('mmstudy.seeds')[:100]!r})")
     recorded = tag("mmstudy.provenance")
     if recorded is not None:
         try:
             recorded = RecordedProvenance.model_validate(recorded).model_dump()
         except ValidationError as err:
-            raise ConfigError(f"--from-run: run '{run_id}' has a malformed mmstudy.provenance tag "
+            raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.provenance tag "
                               f"({format_validation_error(err, prefix='provenance')})") from None
     config = {k: v for k, v in config.items() if k != "seed"}
     return TrialRun(run_id, str(tags.get("mmstudy.trial_id", run_id)), config, seeds, recorded)

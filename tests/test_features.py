@@ -105,6 +105,6 @@ def test_a_run_naming_an_unregistered_balancer_is_refused_not_imported(bmm_study
     config = {**json.loads(good.data.tags["mmstudy.trial_config"]), "balancer": {"name": "features_probe:Evil"}}
     run = client.create_run(good.info.experiment_id, tags={"mmstudy.trial_config": json.dumps(config),
                                                             "mmstudy.seeds": "[0]"})
-    with pytest.raises(ConfigError, match="not a registered balancer"):
+    with pytest.raises(ConfigError, match="names the plug-in 'features_probe:Evil'"):
         trial_features(client, run.info.run_id, "evil", "x", {})
     assert "features_probe" not in sys.modules
