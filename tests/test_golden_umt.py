@@ -20,7 +20,6 @@ from trainables.trainer import Trainer
 def test_umt_matches_the_two_phase_loop(fusion, setting, params, epochs, switch):
     raw = tiny_config({"name": "umt", **params}, epochs=epochs, loss_setting=setting,
                       model={"feature_dim": 16, "fusion": fusion})
-    initial = Trainer(build_trial_config(raw)).model.state_dict()  # the same seed builds the same model
     trainer, ref = run_golden(raw, reference.train, **params)  # 24 / 20 optimizer steps over both phases
     h = trainer.history
     assert [r["umt_distilling"] for r in h] == [0.0] * switch + [1.0] * (epochs - switch)
@@ -37,8 +36,6 @@ def test_umt_matches_the_two_phase_loop(fusion, setting, params, epochs, switch)
     else:
         assert not moved
     assert not any(p.requires_grad for p in trainer.extra.parameters())
-    student = trainer.model.encoder("audio").state_dict()
-    assert not any(torch.equal(v, initial[f"encoders.audio.{k}"]) for k, v in student.items() if v.is_floating_point())
 
 
 def test_umt_needs_both_phases():
