@@ -28,6 +28,8 @@ _BUILTIN = {
     "gblend": "trainables.balancers.gblend:GBlend",
     "mla": "trainables.balancers.mla:MLA",
     "reconboost": "trainables.balancers.reconboost:ReconBoost",
+    "ume": "trainables.balancers.ume:UME",
+    "umt": "trainables.balancers.umt:UMT",
 }
 
 
