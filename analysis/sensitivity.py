@@ -63,21 +63,20 @@ def t_summary(n: int, mean: float, std: float | None, confidence: float = CONFID
 # ----------------------------------------------------------------------------- the common fidelity
 
 
-def asha_rungs(config: dict[str, Any], budget: int) -> list[int]:
+def fidelities(config: dict[str, Any], budget: int) -> list[int]:
     """The epochs at which the study's ASHA compared trials, then the full budget: Ray Tune's ASHAScheduler
     (one bracket, as study.search.scheduler_for builds it) puts rung k at grace_period * reduction_factor**k
     for int(log(max_t / grace_period) / log(reduction_factor) + 1) rungs and judges a trial at the first epoch
     at or past it. A study without ASHA has one fidelity, the full budget."""
     from study.config import AshaConfig, StudyConfig
+    from study.search import asha_rungs
 
     default = {k: StudyConfig.model_fields[k].default for k in ("mode", "searcher", "scheduler")}
     mode, searcher, scheduler = (config.get(k, d) for k, d in default.items())
     if scheduler != "asha" or mode != "search" or searcher == "grid":
         return [budget]
     asha = AshaConfig(**(config.get("asha") or {}))
-    grace, rf = min(asha.grace_period, budget), asha.reduction_factor
-    count = int(np.log(budget / grace) / np.log(rf) + 1)
-    return sorted({math.ceil(grace * rf ** k) for k in range(count) if grace * rf ** k <= budget} | {budget})
+    return [*asha_rungs(budget, asha.grace_period, asha.reduction_factor), budget]
 
 
 @dataclass
@@ -465,7 +464,7 @@ def _search_sensitivity(trials: pd.DataFrame, own: pd.DataFrame, config: dict[st
         pool = pd.concat([compared, *(b.to_frame().T for b in bases.values())])
         pool.attrs = trials.attrs
         hist = history(pool, [column, f"{column}_std"])
-    fid = common_fidelity(compared, hist, column, asha_rungs(config, budget), budget, epoch)
+    fid = common_fidelity(compared, hist, column, fidelities(config, budget), budget, epoch)
     if fid.left_out:
         excluded["without a value at this epoch"] = len(fid.left_out)
     points = compared[compared["trial_id"].isin(fid.values.index)].copy()

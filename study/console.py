@@ -82,21 +82,13 @@ class StudyPlan:
         return sum(n * self.seeds.get(role, 1) * self.expected_epochs(role) for role, n in self.trials.items())
 
 
-def asha_rungs(epochs: int, grace_period: int, reduction_factor: float) -> tuple[int, ...]:
-    """Ray's ASHA milestones (one bracket: grace * f^k) that fall below the budget; a rung at the budget
-    itself stops nothing."""
-    grace = min(grace_period, epochs)
-    count = int(math.log(epochs / grace) / math.log(reduction_factor) + 1)
-    return tuple(int(grace * reduction_factor ** k) for k in range(count) if grace * reduction_factor ** k < epochs)
-
-
 def study_plan(cfg: StudyConfig) -> StudyPlan:
     """The plan of a study from its config: the baseline (one trial per loss setting, its own seeds), the
     study's own trials (grid / sensitivity / comparison points, `num_samples` sampled search trials, or in a
     benchmark `num_samples` per searched method), and the confirmations (min(top_k, search trials) with the
     confirmation seeds; a benchmark confirms each searched method, and trains each fixed method once with
     them). Fewer confirmations happen only when search trials fail."""
-    from study.search import planned_trials
+    from study.search import asha_rungs, planned_trials
 
     epochs = cfg.trial_config().epochs
     trials: dict[str, int] = {}

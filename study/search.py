@@ -522,6 +522,17 @@ class MethodASHA(FIFOScheduler):
         return "\n".join(f"{label or 'study'}: {s.debug_string()}" for label, s in self.by_method.items())
 
 
+def asha_rungs(epochs: int, grace_period: int, reduction_factor: float) -> tuple[int, ...]:
+    """The epochs at which Ray's ASHAScheduler (one bracket, as `scheduler_for` builds it) judges a trial: rung k
+    at grace_period * reduction_factor**k for int(log(max_t / grace) / log(factor) + 1) rungs, judged at the first
+    epoch at or past it. A rung at the budget itself stops nothing, so only those below it. One home for the
+    console's ETA and the report's common fidelity."""
+    grace = min(grace_period, epochs)
+    count = int(math.log(epochs / grace) / math.log(reduction_factor) + 1)
+    return tuple(sorted({math.ceil(grace * reduction_factor ** k) for k in range(count)
+                         if grace * reduction_factor ** k < epochs}))
+
+
 def scheduler_for(cfg: StudyConfig):
     """ASHA per method for a sampled search or a benchmark (grids, sensitivity sweeps and comparisons run every
     point fully)."""

@@ -72,9 +72,11 @@ def study_cfg(**fields):
 
 
 def test_asha_expectation_by_hand():
-    from study.console import StudyPlan, asha_rungs
+    from study.console import StudyPlan
+    from study.search import asha_rungs
 
     assert asha_rungs(12, 2, 3) == (2, 6) and asha_rungs(8, 2, 2) == (2, 4) and asha_rungs(6, 2, 3) == (2,)
+    assert asha_rungs(10, 2, 1.5) == (2, 3, 5, 7) and asha_rungs(12, 9, 3) == (9,)  # judged at the first epoch past 4.5
     plan = StudyPlan(12, {"search": 10, "baseline": 1}, {"search": 1, "baseline": 3}, (2, 6), 3.0)
     assert plan.expected_epochs("search") == pytest.approx(2 + 4 / 3 + 6 / 9)  # the quickstart: 4 epochs
     assert plan.expected_epochs("search", reached=2) == pytest.approx(6 + 6 / 3)  # past rung 2: surely to 6

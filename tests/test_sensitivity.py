@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.sensitivity import analyse, asha_rungs, common_fidelity, findings, grid_sweeps, sensitivity_table
+from analysis.sensitivity import analyse, fidelities, common_fidelity, findings, grid_sweeps, sensitivity_table
 from analysis.stats import pooled_intervals
 from search_spaces import load_space
 
@@ -18,13 +18,13 @@ SPACE = {"balancer": "redreg", "params": {"gamma": {"low": 0.0, "high": 2.0}, "b
 
 def test_asha_rungs_are_where_rays_scheduler_judges_trials():
     search = {"mode": "search", "scheduler": "asha"}
-    assert asha_rungs(dict(search, asha={"grace_period": 2, "reduction_factor": 3}), 12) == [2, 6, 12]  # quickstart
-    assert asha_rungs(dict(search, asha={"grace_period": 2, "reduction_factor": 2}), 10) == [2, 4, 8, 10]  # smoke
+    assert fidelities(dict(search, asha={"grace_period": 2, "reduction_factor": 3}), 12) == [2, 6, 12]  # quickstart
+    assert fidelities(dict(search, asha={"grace_period": 2, "reduction_factor": 2}), 10) == [2, 4, 8, 10]  # smoke
     # non-integer rungs are judged at the first epoch at or past them: 2, 3, 4.5 -> 5, 6.75 -> 7
-    assert asha_rungs(dict(search, asha={"grace_period": 2, "reduction_factor": 1.5}), 10) == [2, 3, 5, 7, 10]
-    assert asha_rungs(dict(search, scheduler="none"), 12) == [12]
-    assert asha_rungs({"mode": "sensitivity"}, 12) == [12]
-    assert asha_rungs({}, 12) == [2, 6, 12]  # the study config's defaults: search, ASHA, grace 2, factor 3
+    assert fidelities(dict(search, asha={"grace_period": 2, "reduction_factor": 1.5}), 10) == [2, 3, 5, 7, 10]
+    assert fidelities(dict(search, scheduler="none"), 12) == [12]
+    assert fidelities({"mode": "sensitivity"}, 12) == [12]
+    assert fidelities({}, 12) == [2, 6, 12]  # the study config's defaults: search, ASHA, grace 2, factor 3
 
 
 def _history(values: dict[str, list[float]]) -> pd.DataFrame:
@@ -282,7 +282,7 @@ def test_report_of_a_real_asha_search_uses_every_trial(asha_study, tmp_path):
     trials = load_study(str(asha_study.study_dir()))
     config = trials.attrs["config"]
     own = trials[trials["role"] == "search"]
-    rungs = asha_rungs(config, 3)
+    rungs = fidelities(config, 3)
     assert rungs == [1, 2, 3]
     stopped = own.loc[own["status"] == "pruned", "epochs_run"]
     assert len(stopped) and set(stopped) <= {1, 2}  # ASHA stopped some, at these rungs
