@@ -118,6 +118,11 @@ class TuneTrial:
     def results(self) -> list[dict[str, Any]]:
         return trial_results(self.folder)
 
+    def last_checkpoint(self) -> Path | None:
+        """The trial's newest checkpoint folder (Tune names them checkpoint_000000, checkpoint_000001, ...)."""
+        folders = sorted(p for p in self.folder.glob("checkpoint_*") if p.is_dir()) if self.folder.is_dir() else []
+        return folders[-1] if folders else None
+
 
 def tune_state_files(tune_dir: Path) -> list[Path]:
     """Tune's experiment state files, oldest first (Tune restores from the newest: the largest name)."""

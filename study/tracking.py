@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
+from ray.tune import Callback, Checkpoint
 
 from search_spaces import apply_point
 from study.folder import TUNE_DIR, Study, read_info, trial_ids_ever, tune_trials
@@ -359,7 +359,9 @@ def replay(study: Study) -> dict[str, int]:
         elif trial.status == "TERMINATED" or last.get("diverged") or int(last.get("training_iteration", 0)) >= epochs:
             status = trial_status(last, epochs)
             if status[0] == "finished" and trial.config.get("role") in PREDICTION_ROLES:
-                writer.log_predictions(trial.trial_id, trial.config, analysis.get_last_checkpoint(trial))
+                folder = trial.last_checkpoint()
+                writer.log_predictions(trial.trial_id, trial.config,
+                                       None if folder is None else Checkpoint.from_directory(str(folder)))
             writer.close(trial.trial_id, trial.config, *status, last)
         else:
             continue

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from study.cli import main
 from study.config import load_study_config
 from study.records import list_studies
 from study.runner import resume_study, run_study
@@ -102,6 +103,11 @@ def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local)
             assert run.info.status == "FINISHED" and len(steps) == 3
     rows = list_studies(str(tmp_path / "runs"))
     assert rows[0]["name"] == "search" and rows[0]["trials"] == 7 and rows[0]["status"] == "finished"
+    # `mmstudy sync` replays every trial, baseline and confirmations (their predictions) included, from JSON only
+    assert main(["sync", str(cfg.study_dir())]) == 0
+    for run in [baseline, *roles["confirm"]]:
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == \
+            ["predictions/test_predictions.csv"]
     # a resume of the finished study adds no second baseline or confirmation
     again = resume_study(cfg.study_dir())
     assert len(again.results) == 7
