@@ -70,13 +70,14 @@ def separability(points: np.ndarray, labels: np.ndarray) -> Separability:
 
 @dataclass
 class TrialFeatures:
-    """One trial's test-split features: per seed, {feature set: n x d array}, and the labels."""
+    """One trial's test-split features and labels, per seed (a trial that drew its data per seed has a test
+    set per seed): features[seed] = {feature set: n x d array}, labels[seed] = n labels."""
     title: str
     trial_id: str
     fused_as: str
     seeds: list[int]
     features: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    labels: np.ndarray | None = None
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 FUSED_AS = {"concat": "[z_a; z_v]", "sum": "[z_a; z_v]", "late": "[z_a; z_v]", "film": "FiLM hidden",
@@ -105,19 +106,18 @@ def trial_features(client, run_id: str, title: str, trial_id: str, data_cache: d
     encoders (and the fusion) in eval mode without gradients."""
     import torch
 
-    from study.debug import trial_from_tags
+    from study.debug import seed_config, trial_from_tags
     from trainables.balancers.plugin_trust import config_from_record
-    from trainables.config import build_trial_config
     from trainables.data.base import model_input
     from trainables.trainer import Trainer
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no progress bars
     trial = trial_from_tags(run_id, client.get_run(run_id).data.tags, field="report")  # tags are data, checked
+    trial.config = {**trial.config, "compile": False, "device": "auto"}  # on whatever this machine has
     config, seeds = trial.config, trial.seeds
     source = f"MLflow run {run_id} (tag mmstudy.trial_config)"
     with config_from_record(source):  # validated before anything else is read: no plug-in is imported from a run
-        build_trial_config(config, {"seed": seeds[0]})
-    config = {**config, "compile": False, "device": "auto"}  # on whatever this machine has
+        seed_config(trial, seeds[0])
     stored = {Path(a.path).name for a in client.list_artifacts(run_id, "best_checkpoint")}
     seeds = [s for s in seeds if f"seed_{s}.pt" in stored]
     if not seeds:
@@ -128,7 +128,7 @@ def trial_features(client, run_id: str, title: str, trial_id: str, data_cache: d
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             with config_from_record(source):
-                cfg = build_trial_config(config, {"seed": seed})
+                cfg = seed_config(trial, seed)  # its own data draw where the trial drew one per seed
             key = json.dumps(cfg.to_dict()["dataset"], sort_keys=True)
             trainer = Trainer(cfg, data=data_cache.get(key))
             data_cache[key] = trainer.data
@@ -148,7 +148,7 @@ def trial_features(client, run_id: str, title: str, trial_id: str, data_cache: d
                     per_set["fused"].append(fused.float().flatten(1).cpu().numpy())
                     labels.append(y.numpy())
             found.features[seed] = {name: np.concatenate(parts) for name, parts in per_set.items()}
-            found.labels = np.concatenate(labels)
+            found.labels[seed] = np.concatenate(labels)
     return found
 
 
@@ -171,7 +171,7 @@ def features_figure(rows: list[TrialFeatures], embeddings: dict[tuple[str, str],
     fig, axes = plt.subplots(len(rows), len(sets), figsize=(4.3 * len(sets), 4.1 * len(rows) + 0.9), squeeze=False)
     cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")
     for r, row in enumerate(rows):
-        colours = cmap(row.labels % cmap.N)
+        colours = cmap(row.labels[row.seeds[0]] % cmap.N)
         for c, name in enumerate(sets):
             ax, xy, score = axes[r][c], embeddings[(row.trial_id, name)], scores[(row.trial_id, name)]
             ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=max(4.0, min(14.0, 3000 / len(xy))), alpha=0.75,
@@ -202,7 +202,7 @@ def _mean_sd(values: list[float], digits: int = 2) -> str:
 
 def section(rows: list[TrialFeatures], drawn: bool, scores_2d: dict, notes: list[str]) -> str:
     lines = ["## Learned features (MM/B-MM Fig. 4/5 style)", ""]
-    classes = int(max(r.labels.max() for r in rows)) + 1
+    classes = int(max(r.labels[s].max() for r in rows for s in r.seeds)) + 1
     if drawn:
         lines += ["![features](features.png)", ""]
     lines += [f"Test-split features of each model's best-epoch weights (`log_checkpoint: best`): each modality's "
@@ -215,7 +215,7 @@ def section(rows: list[TrialFeatures], drawn: bool, scores_2d: dict, notes: list
               "| k-NN acc (UMAP 2-D) |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         for name in row.features[row.seeds[0]]:
-            values = [separability(row.features[s][name], row.labels) for s in row.seeds]
+            values = [separability(row.features[s][name], row.labels[s]) for s in row.seeds]
             flat = scores_2d.get((row.trial_id, name))
             lines.append(f"| {row.title} | {name} | {len(row.seeds)} | {_mean_sd([v.silhouette for v in values])} | "
                          f"{_mean_sd([100 * v.knn_accuracy for v in values], 0)} % | "
@@ -255,8 +255,8 @@ def feature_pictures(trials: pd.DataFrame, summary, out: Path) -> tuple[list[str
     for row in rows:
         for name, points in row.features[row.seeds[0]].items():
             embeddings[(row.trial_id, name)] = flat = umap_embedding(points)
-            scores[(row.trial_id, name)] = separability(flat, row.labels)
-    num_classes = int(max(r.labels.max() for r in rows)) + 1
+            scores[(row.trial_id, name)] = separability(flat, row.labels[row.seeds[0]])
+    num_classes = int(max(r.labels[s].max() for r in rows for s in r.seeds)) + 1
     name = trials.attrs.get("study", "study")
     fig = features_figure(rows, embeddings, scores, num_classes,
                           f"{name}: UMAP of the test-split features, coloured by class "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from study.credentials import redact_text
 from study.records import connect, write_json_atomic
 from trainables.balancers.plugin_trust import config_from_record
-from trainables.config import (TrialConfig, build_trial_config, flatten, format_validation_error,
+from trainables.config import (TrialConfig, build_trial_config, deep_merge, flatten, format_validation_error,
                                parse_overrides)
 from trainables.errors import ConfigError
 from trainables.trainer import Trainer
@@ -119,6 +120,7 @@ class TrialRun:
     trial_id: str
     config: dict[str, Any]  # `mmstudy.trial_config`: the resolved trial config, without its seed
     seeds: list[int]  # `mmstudy.seeds`
+    per_seed_keys: list[str]  # `mmstudy.per_seed_keys`: trial keys each seed sets to its own value (dataset.seed)
     provenance: dict[str, Any] | None  # `mmstudy.provenance`, None for a run that records none
 
 
@@ -167,8 +169,21 @@ def trial_from_tags(run_id: str, tags: dict[str, str], field: str = "--from-run"
         except ValidationError as err:
             raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.provenance tag "
                               f"({format_validation_error(err, prefix='provenance')})") from None
+    per_seed_keys = tag("mmstudy.per_seed_keys", "[]")
+    if not (isinstance(per_seed_keys, list) and all(isinstance(k, str) and re.fullmatch(r"[A-Za-z_][\w.]*", k)
+                                                     for k in per_seed_keys)):
+        raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.per_seed_keys tag (allowed: a list of "
+                          f"dotted trial keys; got {tags.get('mmstudy.per_seed_keys')[:100]!r})")
     config = {k: v for k, v in config.items() if k != "seed"}
-    return TrialRun(run_id, str(tags.get("mmstudy.trial_id", run_id)), config, seeds, recorded)
+    return TrialRun(run_id, str(tags.get("mmstudy.trial_id", run_id)), config, seeds, per_seed_keys, recorded)
+
+
+def seed_config(trial: TrialRun, seed: int, overrides: list[str] | None = None) -> TrialConfig:
+    """One seed's config of a recorded trial as that seed trained: its seed, and its own data draw where the
+    trial drew one per seed (`per_seed_keys`, trainables.tune_trainable.seed_overrides); then `overrides`."""
+    from trainables.tune_trainable import seed_overrides
+
+    return build_trial_config(deep_merge(trial.config, seed_overrides(seed, trial.per_seed_keys)), overrides)
 
 
 def first_line(err: Exception) -> str:
@@ -205,7 +220,8 @@ def run_from_run(run_id: str, tracking_uri: str | None, flags: dict[str, Any], o
             if resolve_device(recorded_device).type != settings["device"]:
                 raw["device"] = settings["device"]  # e.g. a CPU trial's `auto` where this machine has a GPU
         raw = apply_flags(raw, flags)
-        configs = [build_trial_config(raw, [*overrides, f"seed={s}"]) for s in seeds]
+        configs = [seed_config(TrialRun(**{**trial.__dict__, "config": raw}), s, [*overrides, f"seed={s}"])
+                   for s in seeds]
     resolved = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
     recorded_fields = flatten(trial.config)  # fields added to mmstudy after the trial ran are not changes
     changed = sorted(k for k, v in flatten(resolved).items() if k in recorded_fields and recorded_fields[k] != v

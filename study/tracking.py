@@ -136,6 +136,8 @@ class TrialWriter:
             tags.update({f"mmstudy.{k}": str(v) for k, v in spec["point"].items() if k.startswith("sweep_")})
             # the confirmed search trial and its rank, the benchmark method, joint baseline, sampler start-up
             tags.update({f"mmstudy.{k}": str(spec[k]) for k in TAGGED_KEYS if k in spec})
+            if spec.get("per_seed_keys"):  # keys each seed sets to its own value (dataset.seed): re-runs need them
+                tags["mmstudy.per_seed_keys"] = json.dumps(list(spec["per_seed_keys"]))
             run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
             params = params_of(resolved)
             params["seeds"] = json.dumps(spec["seeds"])

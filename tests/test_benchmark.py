@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from study.debug import seed_config, trial_from_tags
 from study.config import load_study_config
 from trainables.errors import ConfigError
 
@@ -409,6 +410,10 @@ def test_a_benchmark_tunes_the_shared_lr_and_confirms_joint_training_in_both_los
         for seed, rows in frame.groupby("seed"):
             assert list(rows["example"]) == list(range(48))
             assert (rows["label"] == rows["prediction"]).mean() == pytest.approx(per_seed[f"best_test_acc/seed_{seed}"])
+        # rebuilt from its own tags (debug --from-run, the feature figure), each seed gets the draw it trained on
+        recorded = trial_from_tags(run.info.run_id, tags)
+        assert recorded.per_seed_keys == ["dataset.seed"]
+        assert [seed_config(recorded, s).dataset.params()["seed"] for s in recorded.seeds] == recorded.seeds
     ranks = Counter((r.data.tags["mmstudy.method"], r.data.tags["mmstudy.confirm_rank"]) for r in runs()
                     if r.data.tags["mmstudy.role"] == "confirm")
     assert ranks == {(label, rank): 1 for label in labels for rank in ("1", "2")}
