@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_prepare)
     _add_study_commands(sub)
-    for name in ("debug", "resume", "sync", "list"):  # the commands that read configs from records
+    for name in ("debug", "resume", "sync", "list", "report"):  # the commands that read configs from records
         sub.choices[name].add_argument(
             "--allow-plugin", action="store_true",
             help="import a balancer plug-in (package.module:Class) named by the study folder or MLflow run read "

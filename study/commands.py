@@ -140,7 +140,7 @@ def _sync(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     from study.ui import open_ui
 
-    return open_ui(args.study, host=args.host, port=args.port)
+    return open_ui(args.study, host=args.host, port=args.port, shared_group=args.shared_group)
 
 
 def _verbosity(parser) -> None:
@@ -196,4 +196,5 @@ def add_commands(sub) -> None:
     ui.add_argument("study", nargs="?", help="a study folder or experiment name (default: the default store)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=5000)
+    _shared_group(ui)
     ui.set_defaults(func=_ui)

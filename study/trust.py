@@ -4,9 +4,9 @@ states, cloudpickle blobs inside the experiment state), so whoever can write a s
 next user who resumes it.
 
 The rule: the folder and everything in it that someone else could reach must be owned by the current user (or
-root) and writable by no one else; the folder's parent (the storage path) must not let anyone else swap the
-folder (writable only by trusted people, or sticky like /tmp). A group counts as trusted when it is the user's
-private group (Debian's user-private-group scheme: named like the user, no other member) or when the user names
+root) and writable by no one else; the storage path and every folder above it must not let anyone else swap
+the folder (owned by you or root, writable only by trusted people, or sticky like /tmp). A group counts as
+trusted when it is the user's private group (Debian's user-private-group scheme: named like the user, no other member) or when the user names
 it with `--shared-group` (a study opened to that group on purpose, `make_study_folder`). A folder nobody else
 can enter (mode 0700, how mmstudy makes them) is checked at its top only.
 """
@@ -109,17 +109,24 @@ def opens_to_others(st: os.stat_result, trust: Trust) -> bool:
 
 
 def check_no_swap(storage: Path, trust: Trust) -> None:
-    """Nobody untrusted may rename a study folder away and put theirs in its place between the check and Tune's
-    read: the storage path is writable only by trusted people, or sticky (like /tmp)."""
-    st = storage.stat()
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & stat.S_ISVTX:
-        return
-    if mode & stat.S_IWOTH or (mode & stat.S_IWGRP and not trust.trusts_group(st.st_gid)):
-        who = "every user" if mode & stat.S_IWOTH else f"group '{group_name(st.st_gid)}'"
-        also = "" if mode & stat.S_IWOTH else f", or --shared-group {group_name(st.st_gid)} if you trust it"
-        raise ConfigError(f"study: the storage path '{storage}' is writable by {who} (mode {mode:04o}) and not sticky, "
-                          f"so anyone there can swap a study folder for their own; {HINT} (chmod +t it{also})")
+    """Nobody untrusted may rename a study folder (or any folder above it) away and put theirs in its place
+    between the check and Tune's read -- ssh's rule for the folders above a key: the storage path and each folder
+    above it are owned by a trusted user (you or root) and writable only by trusted people, or sticky (like
+    /tmp, where only an entry's owner or the folder's may rename it)."""
+    for each in [storage, *storage.parents]:
+        where = f"the storage path '{each}'" if each == storage else f"'{each}' (above the storage path)"
+        st = each.stat()
+        mode = stat.S_IMODE(st.st_mode)
+        if not trust.trusts_owner(st):
+            raise ConfigError(f"study: {where} belongs to {user_name(st.st_uid)}, who can swap a study folder below "
+                              f"it for their own; {HINT}")
+        if mode & stat.S_ISVTX:
+            continue
+        if mode & stat.S_IWOTH or (mode & stat.S_IWGRP and not trust.trusts_group(st.st_gid)):
+            who = "every user" if mode & stat.S_IWOTH else f"group '{group_name(st.st_gid)}'"
+            also = "" if mode & stat.S_IWOTH else f", or --shared-group {group_name(st.st_gid)} if you trust it"
+            raise ConfigError(f"study: {where} is writable by {who} (mode {mode:04o}) and not sticky, so anyone "
+                              f"there can swap a study folder for their own; {HINT} (chmod +t it{also})")
 
 
 def check_trusted(folder: str | Path, shared_group: str | None = None) -> None:

@@ -13,6 +13,7 @@ import ipaddress
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from trainables.errors import ConfigError
@@ -31,14 +32,17 @@ def served_url(tracking_uri: str) -> str | None:
     return tracking_uri if urlsplit(tracking_uri).scheme in ("http", "https") else None
 
 
-def study_store(study: str | None) -> tuple[str, str | None]:
-    """(tracking URI, experiment id) of a study folder or experiment name; the default store for None."""
+def study_store(study: str | None, shared_group: str | None = None) -> tuple[str, str | None]:
+    """(tracking URI, experiment id) of a study folder or experiment name; the default store for None. A study
+    folder passes the trust rule first (study.trust), as for every command that reads one."""
     from analysis.load import resolve_study
     from study.config import default_tracking_uri
-    from study.records import existing_store
+    from study.records import STUDY_FILE, existing_store, open_study
 
     if study is None:
         return default_tracking_uri(), None
+    if (Path(study) / STUDY_FILE).is_file():
+        open_study(study, shared_group)
     ref = resolve_study(study, existing_store(study))
     return ref.tracking_uri, ref.experiment_id
 
@@ -58,9 +62,9 @@ def exposure_warning(host: str, port: int) -> str | None:
             f"(docs/cluster.md)")
 
 
-def open_ui(study: str | None, host: str = "127.0.0.1", port: int = 5000) -> int:
+def open_ui(study: str | None, host: str = "127.0.0.1", port: int = 5000, shared_group: str | None = None) -> int:
     """Start `mlflow ui` on the study's store (or print the server's link) and serve until Ctrl-C."""
-    tracking_uri, experiment_id = study_store(study)
+    tracking_uri, experiment_id = study_store(study, shared_group)
     server = served_url(tracking_uri)
     if server is not None:
         print(f"MLflow UI (tracking server): {runs_table_url(server, experiment_id)}")

@@ -130,6 +130,10 @@ UNTRUSTED = {
         "result.json' is writable by every user"),
     "storage path writable by every user, not sticky": (lambda s: _chmod(s.parent, 0o777),
                                                         "the storage path"),
+    "storage path in a folder writable by every user, not sticky": (lambda s: _chmod(s.parent.parent, 0o777),
+                                                                    "(above the storage path) is writable by every"),
+    "storage path in a folder owned by another user": (lambda s: os.chown(s.parent.parent, OTHER_ID, -1),
+                                                       f"(above the storage path) belongs to {OTHER_ID}"),
 }
 
 
@@ -144,12 +148,12 @@ def test_an_untrusted_study_folder_is_refused_before_anything_is_read(tmp_path, 
     before = snapshot(tmp_path / "runs")
     client = MlflowClient(study.info["tracking_uri"])
     capsys.readouterr()  # MLflow's own log of creating the store
-    for command in (["resume"], ["sync"], ["report"]):
+    for command in (["resume"], ["sync"], ["report"], ["ui"]):
         assert main([*command, str(study.dir)]) == 2, command
         one_error_line(capsys, "mmstudy: error: study: ", fragment, "use only your own")
     if how.startswith("storage path"):  # `list` reads every folder of that storage path: refused as a whole
         assert main(["list", "--storage-path", str(tmp_path / "runs")]) == 2
-        one_error_line(capsys, "the storage path")
+        one_error_line(capsys, fragment)
     else:  # one bad folder does not break the list: a note, and the trusted study next to it is listed
         make_records(tmp_path, "mine")
         capsys.readouterr()
