@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.folder import SNAPSHOT_ARTIFACT, STUDY_FILE, read_info
+from study.folder import SNAPSHOT_ARTIFACT, STUDY_FILE, read_info, validated_config
 from study.store import study_tracking_uri
 from trainables.config import flatten
 from trainables.errors import ConfigError
@@ -40,6 +40,7 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     uri = study_tracking_uri(study, tracking_uri)
     if (path / STUDY_FILE).is_file():
         info = read_info(path)
+        validated_config(info["config"], str(path / STUDY_FILE))  # a report reads its fields: checked first
         return StudyRef(info["name"], uri, info["experiment_id"], info["parent_run_id"], info["config"],
                         str(path.resolve()))
     client = MlflowClient(tracking_uri=uri)
@@ -51,8 +52,11 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     if not parents:
         raise ConfigError(f"study: experiment '{exp.name}' has no mmstudy study run")
     parent = parents[0]
+    snapshot = snapshot_of(client, parent.info.run_id)
+    if snapshot:  # a parent run that kept none: the report's defaults
+        validated_config(snapshot, f"MLflow run {parent.info.run_id} ({SNAPSHOT_ARTIFACT})")
     return StudyRef(parent.data.tags.get("mmstudy.study", exp.name), uri, exp.experiment_id, parent.info.run_id,
-                    snapshot_of(client, parent.info.run_id), None)
+                    snapshot, None)
 
 
 def snapshot_of(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:

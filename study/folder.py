@@ -52,13 +52,7 @@ class Study:
 
     @cached_property
     def config(self) -> StudyConfig:
-        with config_from_record(str(self.dir / STUDY_FILE)):  # runs are data: no plug-in in it is imported unasked
-            try:
-                return load_study_config(None, raw=self.info["config"])
-            except PluginRefused:
-                raise
-            except ConfigError as err:
-                raise ConfigError(f"study: '{self.dir / STUDY_FILE}' holds no valid study config ({err})") from None
+        return validated_config(self.info["config"], str(self.dir / STUDY_FILE))
 
     @property
     def name(self) -> str:
@@ -70,6 +64,19 @@ class Study:
 
     def save(self) -> None:
         write_json_atomic(self.dir / STUDY_FILE, self.info)
+
+
+def validated_config(raw: Any, source: str) -> StudyConfig:
+    """A study snapshot read from a record (study.json, a parent run's study.yaml), validated whole: one line
+    naming the record when it is not a valid study config. Records are data: no plug-in they name is imported
+    unasked (trainables.balancers.plugin_trust)."""
+    with config_from_record(source):
+        try:
+            return load_study_config(None, raw=raw)
+        except PluginRefused:
+            raise
+        except ConfigError as err:
+            raise ConfigError(f"study: '{source}' holds no valid study config ({err})") from None
 
 
 def read_info(study_dir: Path) -> dict[str, Any]:
