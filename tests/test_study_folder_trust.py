@@ -259,7 +259,7 @@ def test_a_study_json_whose_config_is_invalid_is_one_line(tmp_path, capsys):
     info["config"]["asha"] = {"grace_period": 0}  # read by the report's figures: checked before, never a traceback
     (study.dir / "study.json").write_text(json.dumps(info))
     capsys.readouterr()
-    for command in ("resume", "report", "sync"):
+    for command in ("resume", "report"):
         assert main([command, str(study.dir)]) == 2
         one_error_line(capsys, "holds no valid study config", "asha.grace_period")
     assert main(["list", "--storage-path", str(tmp_path / "runs")]) == 0
