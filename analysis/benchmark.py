@@ -171,10 +171,11 @@ class Entry:
     rule: str = ""
     examples: ExampleDifference | None = None
     notes: list[str] = field(default_factory=list)
+    lost: str | None = None  # 'failed' when the method has no confirmation because every search trial failed
 
     @property
     def status(self) -> str | None:
-        return None if self.row is None else self.row.get("status")
+        return self.lost if self.row is None else self.row.get("status")
 
 
 def _entries(trials: pd.DataFrame, metric: str | list[str], mode: str | list[str]
@@ -188,8 +189,18 @@ def _entries(trials: pd.DataFrame, metric: str | list[str], mode: str | list[str
     if ref is not None and ref.label != OLD_REFERENCE and not untuned.empty:  # an untuned baseline next to tuned ones
         entries.append(Entry(OLD_REFERENCE, "joint", baseline_for(untuned)))
     entries += [Entry(j, "joint", *reported[j]) for j in joints if ref is None or j != ref.label]
-    entries += [Entry(m, "confirm", *reported[m]) for m in method_order(trials) if m not in joints]
+    entries += [Entry(m, "confirm", *reported[m], lost=search_lost(trials, m)) for m in method_order(trials)
+                if m not in joints]
     return entries, ref, reported
+
+
+def search_lost(trials: pd.DataFrame, label: str) -> str | None:
+    """'failed' when every search trial of the method ended without a result (diverged or failed), so nothing
+    could be confirmed: a row that counts in the Holm family as a failed test, never a method left out."""
+    if "method" not in trials or "status" not in trials:
+        return None
+    search = trials[(trials["method"] == label) & (roles(trials) == "search")]
+    return "failed" if not search.empty and search["status"].isin(["diverged", "failed"]).all() else None
 
 
 def _example_tests(entries: list[Entry], predictions: dict[str, pd.DataFrame]) -> None:
@@ -253,7 +264,7 @@ def benchmark_table(trials: pd.DataFrame, metric: str | list[str] = "val_acc", m
         for rec in records:
             rec[c] = None
     if ref is not None:
-        idx = [i for i, e in enumerate(entries) if e.role != "baseline" and e.row is not None]
+        idx = [i for i, e in enumerate(entries) if e.role != "baseline" and (e.row is not None or e.status in FAILED)]
         diffs = compare_to_baseline(
             [seed_values(entries[i].row, "test_acc") if entries[i].status == "finished" else [] for i in idx],
             seed_values(ref.row, "test_acc"), margin=margin,

@@ -68,7 +68,7 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
     col = rank_column(pool, first_metric)
     best = best if confirmed else ranked(pool, metric, mode).iloc[0]
     margin = study_margin(config)
-    base, family = holm_family(done, best.get("loss_setting"), margin=margin)
+    base, family = holm_family(done, best.get("loss_setting"), margin=margin, ended=trials)
 
     acc, gap = seed_stats(best, "test_acc"), seed_stats(best, "test_gap")
     balancer = best.get("balancer") or "the study's method"
@@ -99,7 +99,7 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
         summary.baseline_trial_id = base.get("trial_id")
         b_acc, b_gap = seed_stats(base, "test_acc"), seed_stats(base, "test_gap")
         d_acc = _difference(family, best, base, "test_acc", margin)
-        d_gap = _difference(holm_family(done, best.get("loss_setting"), "test_gap", margin)[1], best, base, "test_gap",
+        d_gap = _difference(holm_family(done, best.get("loss_setting"), "test_gap", margin, trials)[1], best, base, "test_gap",
                             margin)
         lines[0] += (f" against {_pct(b_acc)} for joint training (`none`, same trial settings): "
                      f"Δ = {d_acc.text()}{_verdict(d_acc)}. Modality gap (max − min unimodal test accuracy): "

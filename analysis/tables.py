@@ -219,35 +219,44 @@ def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | Non
         records.append(rec)
     out = pd.DataFrame(records)
     out.attrs["margin"] = study_margin(trials.attrs.get("config") or {})
-    _add_deltas(out, done, out.attrs["margin"])
+    _add_deltas(out, done, out.attrs["margin"], trials)
     return out
 
 
-def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc", margin: float = MARGIN
-                ) -> tuple[pd.Series | None, dict[Any, Difference]]:
+def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc", margin: float = MARGIN,
+                ended: pd.DataFrame | None = None) -> tuple[pd.Series | None, dict[Any, Difference]]:
     """The one Holm family, shared by the table and the summary: every finished trial of `loss_setting`
     compared with that setting's joint-training baseline -- the confirmations and the search's own trials,
     shown in the table or not -- Welch tests Holm-corrected together (only tested comparisons, two seeds or
     more a side, count). A row therefore shows one p-value wherever it appears, and a table cut to its top
-    rows corrects for every comparison the study made, not only those shown. Returns the baseline and
-    {trial_id: Difference} (empty without a baseline)."""
+    rows corrects for every comparison the study made, not only those shown. A planned comparison that ended
+    without a result (a confirmation, comparison or grid point of `ended` that diverged or failed) counts as a
+    failed test, p = 1 (stats.compare_to_baseline); a search trial that diverged is a proposal, like one ASHA
+    stopped, not a comparison. Returns the baseline and {trial_id: Difference} (empty without a baseline)."""
     base = baseline_for(done, loss_setting)
     if base is None:
         return None, {}
-    setting = done["loss_setting"] if "loss_setting" in done else pd.Series(None, index=done.index, dtype=object)
-    same = setting.isna() if pd.isna(loss_setting) else setting == loss_setting
-    members = done[same & (roles(done) != "baseline") & (done["trial_id"] != base.get("trial_id"))]
-    diffs = compare_to_baseline([seed_values(r, key) for _, r in members.iterrows()], seed_values(base, key),
-                                margin=margin)
-    return base, dict(zip(members["trial_id"], diffs))
+
+    def of_setting(frame: pd.DataFrame) -> pd.Series:
+        setting = frame["loss_setting"] if "loss_setting" in frame else pd.Series(None, index=frame.index, dtype=object)
+        return setting.isna() if pd.isna(loss_setting) else setting == loss_setting
+
+    members = done[of_setting(done) & (roles(done) != "baseline") & (done["trial_id"] != base.get("trial_id"))]
+    lost = done.iloc[0:0] if ended is None or "status" not in ended else ended[
+        of_setting(ended) & ended["status"].isin(["diverged", "failed"])
+        & roles(ended).isin(["confirm", "compare", "sensitivity"])]
+    diffs = compare_to_baseline([*(seed_values(r, key) for _, r in members.iterrows()), *([[]] * len(lost))],
+                                seed_values(base, key), margin=margin,
+                                failed=[None] * len(members) + list(lost["status"]))
+    return base, dict(zip([*members["trial_id"], *lost["trial_id"]], diffs))
 
 
-def _add_deltas(out: pd.DataFrame, done: pd.DataFrame, margin: float) -> None:
+def _add_deltas(out: pd.DataFrame, done: pd.DataFrame, margin: float, ended: pd.DataFrame | None = None) -> None:
     for c in ("delta", "delta_ci_low", "delta_ci_high", "delta_p", "within_noise", "verdict"):
         out[c] = None
     out["is_baseline"] = False
     for setting in out["loss_setting"].drop_duplicates():
-        base, family = holm_family(done, setting, margin=margin)
+        base, family = holm_family(done, setting, margin=margin, ended=ended)
         if base is None:
             continue
         out.loc[out["trial_id"] == base.get("trial_id"), "is_baseline"] = True

@@ -100,6 +100,17 @@ def test_tost_is_holm_corrected_like_welch_and_a_diverged_row_counts_as_a_failed
     assert alone.at[1, "verdict"] == "equivalent"  # the same numbers, one comparison
 
 
+def test_a_method_whose_every_search_trial_failed_is_a_failed_row_not_a_missing_one():
+    """Nothing could be confirmed, so there is no confirmation trial at all: still a row, counted in the family."""
+    rows = _family_rows(False) + [trial("s1", "search", "agm", status="failed"),
+                                  trial("s2", "search", "agm", status="diverged")]
+    table = benchmark_table(frame(rows, methods=["mm", "ogm_ge", "bmm", "agm"]), "val_acc", "max", predictions={})
+    agm = table[table["method"] == "agm"].iloc[0]
+    assert (agm["status"], agm["verdict"], agm["p_holm"]) == ("failed", "failed", 1.0)
+    welch_p = [stats.ttest_ind(x, BASE, equal_var=False).pvalue for x in (CLOSE, BETTER, NOISY)]
+    assert list(table.iloc[1:4]["p_holm"]) == pytest.approx(list(holm_by_hand(welch_p + [1.0])[:3]))
+
+
 # ----------------------------------------------------------------------------- over test examples
 
 

@@ -129,6 +129,24 @@ def test_table_and_summary_share_one_holm_family_whatever_the_table_shows():
     assert [family[t].p_adjusted for t in "abc"] == pytest.approx(expected)
 
 
+def test_a_confirmation_that_diverged_counts_in_the_holm_family_as_a_failed_test():
+    """A planned comparison without a result is a test that failed (p = 1), never one left out: the family of a
+    search with a diverged confirmation is one larger; a diverged search trial (a proposal) does not count."""
+    lost = _row("lost", "confirm", float("nan"), float("nan"), [], status="diverged")
+    proposal = _row("prop", "search", float("nan"), float("nan"), [], status="diverged")
+    trials = _frame([BASE, A, B, C, lost, proposal])
+    base = [0.80, 0.82, 0.81]
+    raw = [stats.ttest_ind(x, base, equal_var=False).pvalue for x in ([0.84, 0.86, 0.85], [0.91, 0.92, 0.90],
+                                                                       [0.83, 0.85, 0.84])]
+    expected = holm([*raw, 1.0])
+    assert expected[1] == pytest.approx(4 * raw[1])  # corrected over 4 tests: the diverged one counts
+    _, family = holm_family(trials[trials["status"] == "finished"], "multimodal", ended=trials)
+    assert sorted(family) == ["a", "b", "c", "lost"] and family["lost"].verdict == "diverged"
+    assert [family[t].p_adjusted for t in "abc"] == pytest.approx(expected[:3])
+    table = comparison_table(trials, metric="val_acc", mode="max")
+    assert table.loc[table["trial_id"] == "b", "delta_p"].item() == pytest.approx(expected[1])
+
+
 def test_several_objectives_rank_pareto_fronts_in_the_order_of_the_first_metric():
     #          acc   gap   front
     points = {"p": (0.90, 0.30),  # 0 (best accuracy)

@@ -244,7 +244,7 @@ def test_a_study_folder_is_read_from_one_tracking_uri_rule(tmp_path):
 
     folder_uri = f"sqlite:///{tmp_path / 'gone.db'}"
     (tmp_path / STUDY_FILE).write_text(json.dumps({"name": "s", "tracking_uri": folder_uri, "experiment_id": "1",
-                                                   "parent_run_id": "p", "config": {}}))
+                                                   "parent_run_id": "p", "config": {"name": "s", "search_space": "redreg"}}))
     assert resolve_study(str(tmp_path)).tracking_uri == study_tracking_uri(str(tmp_path)) == folder_uri
     override = f"sqlite:///{tmp_path / 'other.db'}"
     assert resolve_study(str(tmp_path), override).tracking_uri == study_tracking_uri(str(tmp_path), override) == override
