@@ -41,6 +41,10 @@ def test_umt_matches_the_two_phase_loop(fusion, setting, params, epochs, switch)
 def test_umt_needs_both_phases():
     with pytest.raises(ConfigError, match="^epochs: balancer 'umt' needs a teacher phase and a distillation phase"):
         Trainer(build_trial_config(tiny_config({"name": "umt"}, epochs=1)))
+    from study.config import load_study_config  # refused when a study is validated, before any record or trial
+
+    with pytest.raises(ConfigError, match="^methods.umt: epochs: balancer 'umt' needs a teacher phase"):
+        load_study_config(None, raw={"name": "b", "mode": "benchmark", "methods": ["umt"], "trial": {"epochs": 1}})
 
 
 def test_teacher_epochs_and_distillation_loss_by_hand():

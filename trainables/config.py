@@ -97,6 +97,9 @@ class TrialConfig(Strict):
                 "model.unimodal_head: 'fused_block' needs model.fusion in ['concat', 'sum', 'late'] "
                 f"(got fusion '{self.model.fusion}'); use 'separate'"
             )
+        from trainables.balancers.registry import balancer_class
+
+        balancer_class(self.balancer.name).check_trial(self)  # what this method cannot run, before any record
         return self
 
     def dataset_params(self) -> BaseModel:

@@ -109,6 +109,11 @@ class Balancer:
         """One uniform draw in [0, 1) from `generator`."""
         return float(torch.rand((), generator=self.generator))
 
+    @classmethod
+    def check_trial(cls, trial) -> None:
+        """Refuse, when the trial config is validated (before any study record or Ray), a trial this method
+        cannot run: raise ValueError('<field>: ... (allowed: ...)'). `trial` is the TrialConfig being built."""
+
     # --- modules the balancer owns (trained with the model, applied at evaluation too) ---
     def bind_model(self, model: nn.Module) -> None:
         """Called once with the built model, before `extra_modules` (e.g. to size a head)."""

@@ -96,12 +96,13 @@ class UMT(Balancer):
     def extra_modules(self) -> nn.Module:
         return self.teachers
 
-    def on_fit_start(self, state: State) -> None:
-        if state.num_epochs < 2:
-            from trainables.errors import ConfigError
+    @classmethod
+    def check_trial(cls, trial) -> None:
+        if trial.epochs < 2:
+            raise ValueError(f"epochs: balancer 'umt' needs a teacher phase and a distillation phase (got "
+                             f"{trial.epochs} epoch); allowed: 2 or more")
 
-            raise ConfigError(f"epochs: balancer 'umt' needs a teacher phase and a distillation phase (got "
-                              f"{state.num_epochs} epoch); allowed: 2 or more")
+    def on_fit_start(self, state: State) -> None:
         self.switch = teacher_epochs(self.p.teacher_fraction, state.num_epochs)
 
     def on_epoch_start(self, state: State) -> None:
