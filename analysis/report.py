@@ -176,7 +176,7 @@ def render_markdown(name, config, counts, table, written, sens, command, attrs, 
              + ("; several metrics: Pareto fronts first, each in the order of the first metric, which also picks "
                 "the best" if len(metrics) > 1 else "") + "); every number is a test metric at each "
              "seed's best validation epoch, in percent: mean ± sample std [95 % t-interval] over the trial's seeds "
-             "(n seeds; one seed shows no spread). Δ vs joint: the difference to the joint-training baseline of the "
+             "(n seeds; one seed shows no spread; an accuracy's interval is cut at 0 and 100). Δ vs joint: the difference to the joint-training baseline of the "
              "same loss setting, Welch's 95 % interval, Welch's test Holm-corrected over every finished trial compared "
              "with that baseline (shown in the table or not); \"within noise\" when the interval covers 0. Verdict: TOST equivalence at a "
              f"±{100 * study_margin(config):g}-point margin (its p Holm-corrected over the same trials) first, then the sign of a significant difference, else inconclusive.", "",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -43,13 +43,6 @@ def param_name(param: str) -> str:
 def is_fraction(metric: str) -> bool:
     """Accuracy-type metrics (accuracy, F1, the modality gap) lie in [0, 1] and are shown in percent."""
     return any(part in metric for part in ("acc", "f1", "gap"))
-
-
-def clip(summary: SeedSummary, bounds: tuple[float, float] | None) -> SeedSummary:
-    """An interval cut to the metric's range (a t-interval of an accuracy can pass 1 at few seeds)."""
-    if bounds is None or summary.ci_low is None:
-        return summary
-    return replace(summary, ci_low=max(summary.ci_low, bounds[0]), ci_high=min(summary.ci_high, bounds[1]))
 
 
 def t_summary(n: int, mean: float, std: float | None, confidence: float = CONFIDENCE) -> SeedSummary:
@@ -132,17 +125,17 @@ def baseline_at(row: pd.Series, history: pd.DataFrame | None, column: str, epoch
     per-epoch mean and std over seeds (`<column>_std`) at that epoch, with the t-interval; clipped to `bounds`."""
     if epoch >= budget:
         if column.startswith("best_"):
-            return clip(seed_stats(row, column[len("best_"):]), bounds)
+            return seed_stats(row, column[len("best_"):]).clipped(bounds)
         std = row.get(f"{column}_std")
-        return clip(t_summary(int(row.get("num_seeds") or 1), float(row[column]), None if pd.isna(std) else std), bounds)
+        return t_summary(int(row.get("num_seeds") or 1), float(row[column]), None if pd.isna(std) else std).clipped(bounds)
     if history is None or history.empty:
         return SeedSummary(0, math.nan, None, None, None)
     at = history[(history["trial_id"] == row["trial_id"]) & (history["epoch"] == epoch)]
     if at.empty or pd.isna(at.iloc[0][column]):
         return SeedSummary(0, math.nan, None, None, None)
     std = at.iloc[0].get(f"{column}_std")
-    return clip(t_summary(int(row.get("num_seeds") or 1), float(at.iloc[0][column]),
-                          None if std is None or pd.isna(std) else float(std)), bounds)
+    return t_summary(int(row.get("num_seeds") or 1), float(at.iloc[0][column]),
+                     None if std is None or pd.isna(std) else float(std)).clipped(bounds)
 
 
 # ----------------------------------------------------------------------------- the surrogate's partial dependence
@@ -349,7 +342,7 @@ def grid_sweeps(trials: pd.DataFrame, key: str = "test_acc", bounds: tuple[float
             continue
         groups = [seed_values(row, key) for _, row in g.iterrows()]
         pooled = pooled_intervals(groups, confidence, bounds)
-        own = [clip(seed_summary(v, confidence), bounds) for v in groups]
+        own = [seed_summary(v, confidence).clipped(bounds) for v in groups]
         frame = pd.DataFrame({"x": g["x"].to_numpy(), "n": [s.n for s in pooled.summaries],
                               "mean": [s.mean for s in pooled.summaries], "std": [s.std for s in pooled.summaries],
                               "low": [s.ci_low for s in pooled.summaries], "high": [s.ci_high for s in pooled.summaries],
@@ -441,7 +434,7 @@ def _grid_sensitivity(trials: pd.DataFrame, own: pd.DataFrame, space: SearchSpac
     if not sweeps:
         return None
     settings = _settings(own)
-    baselines = {s: clip(seed_stats(b, "test_acc"), (0.0, 1.0)) for s, b in _baseline_rows(trials, settings).items()}
+    baselines = {s: seed_stats(b, "test_acc").clipped((0.0, 1.0)) for s, b in _baseline_rows(trials, settings).items()}
     swept = list(dict.fromkeys(s.param for s in sweeps))
     params = [p for p in space.params if p in swept] + [p for p in swept if p not in space.params]
     return Sensitivity("grid", "test_acc", 100.0, (0.0, 1.0), settings, params, baselines, interval, sweeps)

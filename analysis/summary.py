@@ -112,8 +112,8 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
         _put(metrics, "baseline_test_gap", b_gap)
         _put_diff(metrics, "best_minus_baseline", d_acc)
         _put_diff(metrics, "best_minus_baseline_gap", d_gap)
-    lines.append("Values are percent: mean ± std [95 % t-interval] over seeds (n given), test metrics at each "
-                 "seed's best validation epoch.")
+    lines.append("Values are percent: mean ± std [95 % t-interval, cut at 0 and 100] over seeds (n given), test metrics "
+                 "at each seed's best validation epoch.")
     summary.text = " ".join(lines)
     return summary
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.stats import MARGIN, Difference, SeedSummary, compare_to_baseline, seed_summary
+from analysis.stats import MARGIN, Difference, SeedSummary, compare_to_baseline, metric_bounds, seed_summary
 from study.ranking import rank_column, rank_trials
 
 
@@ -110,7 +110,7 @@ def seed_stats(row: pd.Series, key: str) -> SeedSummary:
     existed fall back to their mean and std, without an interval."""
     values = seed_values(row, key)
     if values:
-        return seed_summary(values)
+        return seed_summary(values).clipped(metric_bounds(key))
     mean = row.get(f"best_{key}")
     if (mean is None or pd.isna(mean)) and key.endswith("_gap"):
         split = key[:-len("_gap")]
