@@ -17,7 +17,8 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from study.records import SNAPSHOT_ARTIFACT, STUDY_FILE, study_tracking_uri
+from study.folder import SNAPSHOT_ARTIFACT, STUDY_FILE, read_info, validated_config
+from study.store import study_tracking_uri
 from trainables.config import flatten
 from trainables.errors import ConfigError
 
@@ -29,7 +30,7 @@ class StudyRef:
     experiment_id: str
     parent_run_id: str
     config: dict[str, Any]
-    study_dir: str | None
+    study_dir: str | None  # the study folder read; None for an experiment name (a run's tag names no folder we trust)
 
 
 def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
@@ -38,7 +39,8 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     path = Path(study)
     uri = study_tracking_uri(study, tracking_uri)
     if (path / STUDY_FILE).is_file():
-        info = json.loads((path / STUDY_FILE).read_text())
+        info = read_info(path)
+        validated_config(info["config"], str(path / STUDY_FILE))  # a report reads its fields: checked first
         return StudyRef(info["name"], uri, info["experiment_id"], info["parent_run_id"], info["config"],
                         str(path.resolve()))
     client = MlflowClient(tracking_uri=uri)
@@ -50,8 +52,11 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
     if not parents:
         raise ConfigError(f"study: experiment '{exp.name}' has no mmstudy study run")
     parent = parents[0]
+    snapshot = snapshot_of(client, parent.info.run_id)
+    if snapshot:  # a parent run that kept none: the report's defaults
+        validated_config(snapshot, f"MLflow run {parent.info.run_id} ({SNAPSHOT_ARTIFACT})")
     return StudyRef(parent.data.tags.get("mmstudy.study", exp.name), uri, exp.experiment_id, parent.info.run_id,
-                    snapshot_of(client, parent.info.run_id), parent.data.tags.get("mmstudy.study_dir"))
+                    snapshot, None)
 
 
 def snapshot_of(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
@@ -78,12 +83,31 @@ def child_runs(ref: StudyRef) -> list:
                               filter_string=f"tags.`mlflow.parentRunId` = '{ref.parent_run_id}'", max_results=50000)
 
 
+PARENT_TAGS = ("mmstudy.shared_knobs", "mmstudy.noise_sources")  # the parent run's, in attrs["parent_tags"]
+PREDICTIONS_ARTIFACT = "predictions/test_predictions.csv"
+PREDICTION_COLUMNS = ("seed", "example", "label", "prediction")
+MAX_PREDICTIONS_BYTES = 256 * 2**20
+
+
+def _flag(tags: dict[str, str], key: str) -> bool | None:
+    """A 0/1 tag as a bool; None when the run does not carry it (recorded before the tag existed)."""
+    return None if key not in tags else tags[key] == "1"
+
+
+def _rank(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
 def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
     """One row per trial: trial/run ids, role (search | sensitivity | compare | baseline | confirm) and the
-    search trial a confirmation re-trains, status, seeds, loss setting, the sampled point, every resolved
+    search trial a confirmation re-trains (with its rank among the method's confirmations, `confirm_rank`),
+    whether it is a tuned joint-training baseline (`joint_baseline`) or a search's random start-up trial
+    (`startup`; None where not recorded), status, seeds, loss setting, the sampled point, every resolved
     parameter (as `param.<dotted key>`) and the final metrics (latest values, best_* at the best
-    validation epoch, mean and std over seeds)."""
+    validation epoch, mean and std over seeds). attrs: the study, its config and the parent run's
+    PARENT_TAGS (`parent_tags`)."""
     ref = resolve_study(study, tracking_uri)
+    parent = MlflowClient(tracking_uri=ref.tracking_uri).get_run(ref.parent_run_id)
     rows = []
     for run in child_runs(ref):
         tags = run.data.tags
@@ -93,7 +117,8 @@ def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
         row: dict[str, Any] = {
             "trial_id": tags.get("mmstudy.trial_id"), "run_id": run.info.run_id,
             "role": tags.get("mmstudy.role"), "confirms": tags.get("mmstudy.confirms"),
-            "method": tags.get("mmstudy.method"),
+            "method": tags.get("mmstudy.method"), "confirm_rank": _rank(tags.get("mmstudy.confirm_rank")),
+            "joint_baseline": _flag(tags, "mmstudy.joint_baseline"), "startup": _flag(tags, "mmstudy.startup"),
             "status": tags.get("mmstudy.status", run.info.status.lower()),
             "status_reason": tags.get("mmstudy.status_reason", ""),
             "seeds": seeds, "num_seeds": len(seeds),
@@ -108,7 +133,8 @@ def load_study(study: str, tracking_uri: str | None = None) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame.attrs.update(study=ref.name, tracking_uri=ref.tracking_uri, parent_run_id=ref.parent_run_id,
-                       config=ref.config, study_dir=ref.study_dir)
+                       config=ref.config, study_dir=ref.study_dir,
+                       parent_tags={k: v for k, v in parent.data.tags.items() if k in PARENT_TAGS})
     return frame
 
 
@@ -123,3 +149,45 @@ def load_histories(trials: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
                 rows.setdefault(key, {"trial_id": trial["trial_id"], "epoch": int(m.step)})[metric] = m.value
     frame = pd.DataFrame(list(rows.values()), columns=["trial_id", "epoch", *metrics])
     return frame.sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """One trial's per-example test predictions (`seed,example,label,prediction`, integers; one row per seed and
+    example), checked as untrusted input: ValueError saying what is wrong."""
+    path = Path(path)
+    if path.stat().st_size > MAX_PREDICTIONS_BYTES:
+        raise ValueError(f"larger than {MAX_PREDICTIONS_BYTES // 2**20} MiB")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)} (needs {','.join(PREDICTION_COLUMNS)})")
+    frame = frame[list(PREDICTION_COLUMNS)]
+    if not frame.map(lambda v: v.strip().lstrip("-").isdigit()).all().all():
+        raise ValueError("every value must be an integer")
+    frame = frame.astype("int64")
+    if frame.duplicated(["seed", "example"]).any():
+        raise ValueError("a (seed, example) pair appears twice")
+    return frame
+
+
+def load_predictions(trials: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """The per-example test predictions (PREDICTIONS_ARTIFACT) of the given trials, by trial id, and the trials
+    whose file could not be read, with why. Trials without the artifact (recorded before it existed) are in
+    neither."""
+    client = MlflowClient(tracking_uri=trials.attrs["tracking_uri"])
+    folder = PREDICTIONS_ARTIFACT.rsplit("/", 1)[0]
+    found: dict[str, pd.DataFrame] = {}
+    problems: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, trial in trials.iterrows():
+            if not any(f.path == PREDICTIONS_ARTIFACT for f in client.list_artifacts(trial["run_id"], folder)):
+                continue
+            try:
+                local = client.download_artifacts(trial["run_id"], PREDICTIONS_ARTIFACT, tmp)
+                found[trial["trial_id"]] = read_predictions(local)
+            except Exception as err:  # noqa: BLE001 -- an unreadable file is reported, the rest of the report stands
+                problems[trial["trial_id"]] = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            finally:
+                for leftover in Path(tmp).rglob("*.csv"):
+                    leftover.unlink()
+    return found, problems

@@ -11,14 +11,16 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-from analysis.importance import param_importances
+from analysis.features import feature_pictures
 from analysis.load import load_histories, load_study
-from analysis.plots import dynamics_figure, importance_figure, pareto_figure, sensitivity_figure
+from analysis.plots import (contour_figure, contour_pairs, dynamics_figure, importance_figure, pareto_figure,
+                            sensitivity_figure, slice_figure)
+from analysis.sensitivity import Sensitivity, analyse, findings, sensitivity_table
 from analysis.summary import study_summary
-from analysis.tables import (baseline_for, comparison_table, finished, modalities_of, roles, study_margin,
+from analysis.tables import (baseline_for, comparison_table, finished, modalities_of, study_margin,
                              to_markdown, trial_label)
 from search_spaces import load_space
-from study.ranking import rank_column
+from study.credentials import redact_text
 from trainables.errors import ConfigError
 
 
@@ -79,7 +81,7 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
     config = attrs["config"]
     space = load_space(config.get("search_space"))
     metrics, modes = study_metric(config)
-    command = command or "mmstudy report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    command = command or redact_text("mmstudy report " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
     if config.get("mode") == "benchmark":  # Table I of the tuned methods, their tuning cost, accuracy vs gap
         from analysis.benchmark import benchmark_report
 
@@ -91,7 +93,8 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
 
     if len(metrics) > 1:
         written += _save(pareto_figure(trials, metrics, modes, name), out, "pareto", pdf=True)
-    written += _save(sensitivity_figure(trials, space, name), out, "sensitivity", pdf=True)
+    sens = analyse(trials, config, space, metrics[0], modes[0], history=load_histories)
+    written += sensitivity_files(sens, space, name, out)
 
     table = comparison_table(trials, order=list((config.get("variants") or {}).keys()), metric=metrics, mode=modes)
     table.to_csv(out / "comparison.csv", index=False)
@@ -107,18 +110,51 @@ def build_report(study: str, out_dir: str | None = None, tracking_uri: str | Non
         written += _save(dynamics_figure(history, picks, mods, f"{name}: training dynamics, best trial vs baseline"
                                          f"{baseline_note}"), out, "dynamics")
 
-    importances, target = {}, rank_column(trials, metrics[0])
-    if config.get("mode") == "search" and target in trials:
-        importances = param_importances(trials[~roles(trials).isin(["baseline", "confirm"])], space, target=target,
-                                        direction="minimize" if modes[0] == "min" else "maximize")
-    written += _save(importance_figure(importances, f"{name}: importance for {target} (Optuna fANOVA)"),
-                     out, "importance")
-
-    (out / "report.md").write_text(render_markdown(name, config, counts, table, written, importances, command, attrs,
-                                                   summary, metrics, modes))
+    feature_files, feature_text = feature_pictures(trials, summary, out)  # MM/B-MM Fig. 4/5 (analysis.features)
+    written += feature_files
+    (out / "report.md").write_text(render_markdown(name, config, counts, table, written, sens, command, attrs,
+                                                   summary, metrics, modes, feature_text))
     written.append("report.md")
     log_report(attrs, out, log_to_mlflow)
     return {"out_dir": str(out), "files": written, "counts": counts, "summary": summary}
+
+
+CONTOUR_SUFFIX = {"multimodal": "mm", "multimodal+unimodal": "mm_um"}
+
+
+def sensitivity_files(sens: Sensitivity | None, space, name: str, out: Path) -> list[str]:
+    """sensitivity.png/.pdf and sensitivity.csv; for a search also Optuna's slice plot, contour plots of the two most
+    important parameters and of each constrained pair (one per loss setting when the search ran both), and the
+    fANOVA importance plot -- all on the trials' values at the common fidelity."""
+    written = _save(sensitivity_figure(sens, space, name), out, "sensitivity", pdf=True)
+    if sens is None:
+        return written
+    sensitivity_table(sens).to_csv(out / "sensitivity.csv", index=False)
+    written.append("sensitivity.csv")
+    written += _save(slice_figure(sens, name), out, "slice")
+    settings = sens.settings if len(sens.settings) > 1 else [None]
+    for pair in contour_pairs(sens, space):
+        for setting in settings:
+            stem = "_".join(["contour", *(p.replace("balancer.", "").replace(".", "_") for p in pair)]
+                            + ([CONTOUR_SUFFIX.get(setting, setting)] if setting else []))
+            written += _save(contour_figure(sens, space, pair, name, setting), out, stem)
+    written += _save(importance_figure(sens, name), out, "importance")
+    return written
+
+
+def sensitivity_section(written: list[str], sens: Sensitivity | None) -> list[str]:
+    """The report's sensitivity section: the figure, which parameters matter (analysis.sensitivity.findings),
+    and the interaction plots."""
+    if "sensitivity.png" not in written:
+        return ["## Sensitivity", "", "_No numeric parameter varied across the compared trials._", ""]
+    lines = ["## Sensitivity (RedReg Fig. 4/5 style)", "", "![sensitivity](sensitivity.png)", "", *findings(sens), "",
+             "The numbers behind the figure: `sensitivity.csv`" + (" (each point's own t-interval too: "
+             "`point_low`, `point_high`)." if sens.kind == "grid" else "."), ""]
+    extra = [f for f in written if f == "slice.png" or f.startswith("contour_")]
+    if extra:
+        lines += ["### Every trial and interactions (Optuna's slice and contour plots, values at the same epoch)", ""]
+        lines += [f"![{f[:-4]}]({f})" for f in extra] + [""]
+    return lines
 
 
 def log_report(attrs: dict[str, Any], out: Path, log_to_mlflow: bool = True) -> None:
@@ -130,7 +166,8 @@ def log_report(attrs: dict[str, Any], out: Path, log_to_mlflow: bool = True) -> 
             print(f"mmstudy: warning: report written to {out} but not logged to MLflow ({str(err).splitlines()[0][:200]})")
 
 
-def render_markdown(name, config, counts, table, written, importances, command, attrs, summary, metrics, modes) -> str:
+def render_markdown(name, config, counts, table, written, sens, command, attrs, summary, metrics, modes,
+                    feature_text: str = "") -> str:
     objective = ", ".join(f"`{m}` ({o})" for m, o in zip(metrics, modes))
     lines = [f"# Study report: {name}", "", summary.text, "",
              f"Produced by: `{command}`", "",
@@ -139,10 +176,10 @@ def render_markdown(name, config, counts, table, written, importances, command, 
              + ("; several metrics: Pareto fronts first, each in the order of the first metric, which also picks "
                 "the best" if len(metrics) > 1 else "") + "); every number is a test metric at each "
              "seed's best validation epoch, in percent: mean ± sample std [95 % t-interval] over the trial's seeds "
-             "(n seeds; one seed shows no spread). Δ vs joint: the difference to the joint-training baseline of the "
+             "(n seeds; one seed shows no spread; an accuracy's interval is cut at 0 and 100). Δ vs joint: the difference to the joint-training baseline of the "
              "same loss setting, Welch's 95 % interval, Welch's test Holm-corrected over every finished trial compared "
              "with that baseline (shown in the table or not); \"within noise\" when the interval covers 0. Verdict: TOST equivalence at a "
-             f"±{100 * study_margin(config):g}-point margin first, then the sign of a significant difference, else inconclusive.", "",
+             f"±{100 * study_margin(config):g}-point margin (its p Holm-corrected over the same trials) first, then the sign of a significant difference, else inconclusive.", "",
              "Trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
              (" — the study is still running; this report covers what has finished." if counts.get("running") else ""),
              ""]
@@ -150,22 +187,23 @@ def render_markdown(name, config, counts, table, written, importances, command, 
         lines += ["## Pareto front (multi-objective search)", "", "![pareto](pareto.png)", "",
                   "Each trial at its selected (best validation) epoch; the red line joins the non-dominated trials; "
                   "the star is joint training, the mean over its seeds with 95 % t-interval bars.", ""]
-    if "sensitivity.png" in written:
-        lines += ["## Sensitivity (RedReg Fig. 4/5 style)", "", "![sensitivity](sensitivity.png)", ""]
-    else:
-        lines += ["## Sensitivity", "", "_No numeric parameter varied across finished trials._", ""]
+    lines += sensitivity_section(written, sens)
     lines += ["## Comparison (Table I style)", "", to_markdown(table), ""]
     lines += ["## Training dynamics (Fig. 1/3 style)", ""]
     lines += (["![dynamics](dynamics.png)", ""] if "dynamics.png" in written
               else ["_No RLC/DGR/RS traces were logged for the chosen trials._", ""])
-    if importances:
-        lines += ["## Hyperparameter importance", "", "![importance](importance.png)", "",
-                  "| parameter | importance |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in importances.items()] + [""]
-    else:
-        lines += ["## Hyperparameter importance", "",
-                  "_Not computed: needs a search-mode study with at least 3 finished trials, a varied parameter "
-                  "and some spread in their scores._", ""]
+    if sens is not None and sens.kind == "search":
+        lines += ["## Hyperparameter importance", ""]
+        if sens.importances:
+            lines += ["![importance](importance.png)", "",
+                      f"Optuna's fANOVA on the {len(sens.points)} trials' `{sens.column}` at epoch "
+                      f"{sens.fidelity.epoch} (ASHA-stopped trials included):", "", "| parameter | importance |", "|---|---|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in sens.importances.items()] + [""]
+        else:
+            lines += ["_Not computed: needs at least 3 compared trials, a varied parameter and some spread in "
+                      "their values._", ""]
+    if feature_text:
+        lines += [feature_text.rstrip(), ""]
     lines += ["## Study config", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", "",
               f"MLflow: tracking URI `{attrs['tracking_uri']}`, parent run `{attrs['parent_run_id']}`.", ""]
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """The study's answer in one paragraph: is the best configuration better than joint training, beyond noise?
 
 `study_summary` leads the report, is printed when `mmstudy run` ends and goes on the parent MLflow run
-(metrics + description). The result is the confirmation trials' numbers (fresh seeds) when the study has
-them, not the search's own best epoch (winner's curse); the baseline is the study's joint-training trial
-(`mmstudy.role=baseline`, or in a comparison the `none` variant of the same loss setting).
+(metrics + description). The result is the rank-1 confirmation's numbers (fresh seeds: the re-training of the
+search's best configuration, `analysis.tables.reported_confirmation`) when the study has one, never the best of
+the k confirmations by their own numbers nor the search's own best epoch (winner's curse); the baseline is the
+study's joint-training trial (`mmstudy.role=baseline`, or in a comparison the `none` variant of the same loss
+setting).
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.stats import Difference, SeedSummary, compare_to_baseline
-from analysis.tables import (finished, holm_family, ranked, roles, seed_stats, seed_values, study_margin,
-                             trial_label)
+from analysis.tables import (finished, holm_family, ranked, reported_confirmation, roles, seed_stats, seed_values,
+                             study_margin, trial_label)
 from study.ranking import rank_column
 
 LOSS_NAMES = {"multimodal": "multimodal loss", "multimodal+unimodal": "multimodal + unimodal loss (*)"}
@@ -29,44 +31,56 @@ class StudySummary:
     confirmed: bool = False
 
 
-def candidates(done: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
-    """The rows the result is chosen from: the confirmation trials when any finished, else every
-    non-baseline trial (then the result is not confirmed)."""
+def candidates(done: pd.DataFrame) -> pd.DataFrame:
+    """The rows an unconfirmed result is chosen from: every finished trial that is neither a baseline nor a
+    confirmation (in a comparison, not its joint-training `none` variant either)."""
     role = roles(done)
-    confirmed = done[role == "confirm"]
-    if not confirmed.empty:
-        return confirmed, True
     pool = done[~role.isin(["baseline", "confirm"])]
     if not (role == "baseline").any() and "balancer" in pool:  # a comparison's `none` variant is the baseline:
         methods = pool[pool["balancer"] != "none"]              # never the answer compared with itself
         pool = methods if not methods.empty else pool
-    return pool, False
+    return pool
 
 
 def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | list[str]) -> StudySummary:
-    """The report's first paragraph and the parent run's metrics (see the module docstring). The best is the
-    top of the study's one ranking (`study.ranking.rank_trials`); with several metrics that is the best by the
-    first (primary) metric."""
+    """The report's first paragraph and the parent run's metrics (see the module docstring). The result is the
+    rank-1 confirmation (`reported_confirmation`); without one, the top of the study's one ranking
+    (`study.ranking.rank_trials`) over its own trials, labelled unconfirmed; with several metrics that is the
+    best by the first (primary) metric."""
     config = trials.attrs.get("config") or {}
     done = finished(trials)
-    pool, confirmed = candidates(done)
+    role = roles(trials)
+    confirms = trials[role == "confirm"]
+    best, rule = (reported_confirmation(confirms, trials[~role.isin(["baseline", "confirm"])], metric, mode)
+                  if not confirms.empty else (None, ""))
+    confirmed = best is not None
+    pool = confirms[confirms["status"] == "finished"] if confirmed else candidates(done)
+    if best is not None and best.get("status") != "finished":
+        balancer = best.get("balancer") or "the study's method"
+        return StudySummary(f"**Result ({balancer}).** The search's best configuration `{trial_label(best)}` "
+                            f"{best.get('status')} when re-trained with fresh seeds (confirmation trial "
+                            f"{best.get('trial_id')}): there is no confirmed result.",
+                            {"best_confirmed": 0.0}, best_trial_id=best.get("trial_id"))
     if pool.empty:
         return StudySummary("**Result.** No trial has finished yet; nothing to compare.")
     first_metric = metric if isinstance(metric, str) else metric[0]
     first_mode = mode if isinstance(mode, str) else mode[0]
     col = rank_column(pool, first_metric)
-    best = ranked(pool, metric, mode).iloc[0]
+    best = best if confirmed else ranked(pool, metric, mode).iloc[0]
     margin = study_margin(config)
-    base, family = holm_family(done, best.get("loss_setting"), margin=margin)
+    base, family = holm_family(done, best.get("loss_setting"), margin=margin, ended=trials)
 
     acc, gap = seed_stats(best, "test_acc"), seed_stats(best, "test_gap")
     balancer = best.get("balancer") or "the study's method"
     seeds = best.get("seeds") if isinstance(best.get("seeds"), list) else None
     seeds_text = f"seeds {', '.join(map(str, seeds))}" if seeds else f"{acc.n} seed(s)"
     loss = LOSS_NAMES.get(best.get("loss_setting"), str(best.get("loss_setting")))
-    if confirmed:
+    if confirmed and rule == "best_of_k" and len(pool) > 1:  # a study that recorded neither ranks nor its search
         which = (f"The best of the {len(pool)} configurations re-trained with fresh {seeds_text} (ranked by `{col}`, "
-                 f"{first_mode}, on validation)")
+                 f"{first_mode}, on validation; optimistic: chosen among the confirmations themselves)")
+    elif confirmed:
+        which = (f"The search's best configuration (by `{col}`, {first_mode}, on validation), re-trained with fresh "
+                 f"{seeds_text},")
     else:
         which = (f"The best configuration by `{col}` ({first_mode}), **not confirmed with fresh seeds** (the search's own "
                  f"best epoch, an optimistic estimate),")
@@ -85,7 +99,7 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
         summary.baseline_trial_id = base.get("trial_id")
         b_acc, b_gap = seed_stats(base, "test_acc"), seed_stats(base, "test_gap")
         d_acc = _difference(family, best, base, "test_acc", margin)
-        d_gap = _difference(holm_family(done, best.get("loss_setting"), "test_gap", margin)[1], best, base, "test_gap",
+        d_gap = _difference(holm_family(done, best.get("loss_setting"), "test_gap", margin, trials)[1], best, base, "test_gap",
                             margin)
         lines[0] += (f" against {_pct(b_acc)} for joint training (`none`, same trial settings): "
                      f"Δ = {d_acc.text()}{_verdict(d_acc)}. Modality gap (max − min unimodal test accuracy): "
@@ -98,8 +112,8 @@ def study_summary(trials: pd.DataFrame, metric: str | list[str], mode: str | lis
         _put(metrics, "baseline_test_gap", b_gap)
         _put_diff(metrics, "best_minus_baseline", d_acc)
         _put_diff(metrics, "best_minus_baseline_gap", d_gap)
-    lines.append("Values are percent: mean ± std [95 % t-interval] over seeds (n given), test metrics at each "
-                 "seed's best validation epoch.")
+    lines.append("Values are percent: mean ± std [95 % t-interval, cut at 0 and 100] over seeds (n given), test metrics "
+                 "at each seed's best validation epoch.")
     summary.text = " ".join(lines)
     return summary
 

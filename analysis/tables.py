@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.stats import MARGIN, Difference, SeedSummary, compare_to_baseline, seed_summary
+from analysis.stats import MARGIN, Difference, SeedSummary, compare_to_baseline, metric_bounds, seed_summary
 from study.ranking import rank_column, rank_trials
 
 
@@ -38,6 +38,52 @@ def finished(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["status"] == "finished"] if "status" in trials else trials.iloc[0:0]
 
 
+RESULT_STATUSES = ("finished", "diverged", "failed")  # a confirmation that has ended: a result, or a failed one
+
+
+def confirm_ranks(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's `mmstudy.confirm_rank` (1 = the confirmation of the search's rank-1 configuration) as a
+    number; NaN for trials, and studies, that do not record it."""
+    if "confirm_rank" not in trials:
+        return pd.Series(float("nan"), index=trials.index)
+    return pd.to_numeric(trials["confirm_rank"], errors="coerce")
+
+
+def reported_confirmation(confirms: pd.DataFrame, search: pd.DataFrame, metric: str | list[str],
+                          mode: str | list[str]) -> tuple[pd.Series | None, str]:
+    """The one confirmation that is a method's (or a search study's) result; never chosen among the
+    confirmations by their own numbers, since their test scores come from the same networks:
+    - 'confirm_rank': the confirmation tagged `mmstudy.confirm_rank` 1 when the study records ranks (None while
+      it has not ended, even if lower ranks have);
+    - 'search_rank' (studies before the tag): the confirmation of the search's rank-1 trial by the study's one
+      ranking rule over `search` (its finished and ASHA-stopped trials), which is what rank 1 means;
+    - 'best_of_k': otherwise (nothing to rank, e.g. a fixed method, or the rank-1 trial was not confirmed) the
+      best finished confirmation by the ranking rule on validation, the older rule (optimistic when k > 1).
+    `confirms` are one method's confirmation trials, any status; the row may be a diverged or failed one (its
+    `status` says so), never a running one. Several trials for one rank: finished first, then the smaller id."""
+    pool = confirms[confirms["status"].isin(RESULT_STATUSES)] if "status" in confirms else confirms.iloc[0:0]
+
+    def first(rows: pd.DataFrame) -> pd.Series | None:
+        if rows.empty:
+            return None
+        order = rows.assign(_unfinished=rows["status"] != "finished", _id=rows["trial_id"].astype(str))
+        return rows.loc[order.sort_values(["_unfinished", "_id"]).index[0]]
+
+    ranks = confirm_ranks(confirms)
+    if ranks.notna().any():
+        return first(pool[confirm_ranks(pool) == 1]), "confirm_rank"
+    if not search.empty and "confirms" in pool and "status" in search:
+        top = rank_trials(search[search["status"].isin(["finished", "pruned"])], metric, mode)
+        if not top.empty:
+            row = first(pool[pool["confirms"] == top["trial_id"].iloc[0]])
+            if row is not None:
+                return row, "search_rank"
+    done = pool[pool["status"] == "finished"] if not pool.empty else pool
+    if not done.empty:
+        return ranked(done, metric, mode).iloc[0], "best_of_k"
+    return first(pool), "best_of_k"
+
+
 def seed_values(row: pd.Series, key: str) -> list[float]:
     """Per-seed values at each seed's best validation epoch, e.g. key='test_acc' reads `best_test_acc/seed_<s>`.
     `<split>_gap` is derived per seed (trainables.metrics.modality_gap) for trials recorded before the trainable
@@ -64,7 +110,7 @@ def seed_stats(row: pd.Series, key: str) -> SeedSummary:
     existed fall back to their mean and std, without an interval."""
     values = seed_values(row, key)
     if values:
-        return seed_summary(values)
+        return seed_summary(values).clipped(metric_bounds(key))
     mean = row.get(f"best_{key}")
     if (mean is None or pd.isna(mean)) and key.endswith("_gap"):
         split = key[:-len("_gap")]
@@ -173,35 +219,44 @@ def comparison_table(trials: pd.DataFrame, top: int = 12, order: list[str] | Non
         records.append(rec)
     out = pd.DataFrame(records)
     out.attrs["margin"] = study_margin(trials.attrs.get("config") or {})
-    _add_deltas(out, done, out.attrs["margin"])
+    _add_deltas(out, done, out.attrs["margin"], trials)
     return out
 
 
-def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc", margin: float = MARGIN
-                ) -> tuple[pd.Series | None, dict[Any, Difference]]:
+def holm_family(done: pd.DataFrame, loss_setting: Any, key: str = "test_acc", margin: float = MARGIN,
+                ended: pd.DataFrame | None = None) -> tuple[pd.Series | None, dict[Any, Difference]]:
     """The one Holm family, shared by the table and the summary: every finished trial of `loss_setting`
     compared with that setting's joint-training baseline -- the confirmations and the search's own trials,
     shown in the table or not -- Welch tests Holm-corrected together (only tested comparisons, two seeds or
     more a side, count). A row therefore shows one p-value wherever it appears, and a table cut to its top
-    rows corrects for every comparison the study made, not only those shown. Returns the baseline and
-    {trial_id: Difference} (empty without a baseline)."""
+    rows corrects for every comparison the study made, not only those shown. A planned comparison that ended
+    without a result (a confirmation, comparison or grid point of `ended` that diverged or failed) counts as a
+    failed test, p = 1 (stats.compare_to_baseline); a search trial that diverged is a proposal, like one ASHA
+    stopped, not a comparison. Returns the baseline and {trial_id: Difference} (empty without a baseline)."""
     base = baseline_for(done, loss_setting)
     if base is None:
         return None, {}
-    setting = done["loss_setting"] if "loss_setting" in done else pd.Series(None, index=done.index, dtype=object)
-    same = setting.isna() if pd.isna(loss_setting) else setting == loss_setting
-    members = done[same & (roles(done) != "baseline") & (done["trial_id"] != base.get("trial_id"))]
-    diffs = compare_to_baseline([seed_values(r, key) for _, r in members.iterrows()], seed_values(base, key),
-                                margin=margin)
-    return base, dict(zip(members["trial_id"], diffs))
+
+    def of_setting(frame: pd.DataFrame) -> pd.Series:
+        setting = frame["loss_setting"] if "loss_setting" in frame else pd.Series(None, index=frame.index, dtype=object)
+        return setting.isna() if pd.isna(loss_setting) else setting == loss_setting
+
+    members = done[of_setting(done) & (roles(done) != "baseline") & (done["trial_id"] != base.get("trial_id"))]
+    lost = done.iloc[0:0] if ended is None or "status" not in ended else ended[
+        of_setting(ended) & ended["status"].isin(["diverged", "failed"])
+        & roles(ended).isin(["confirm", "compare", "sensitivity"])]
+    diffs = compare_to_baseline([*(seed_values(r, key) for _, r in members.iterrows()), *([[]] * len(lost))],
+                                seed_values(base, key), margin=margin,
+                                failed=[None] * len(members) + list(lost["status"]))
+    return base, dict(zip([*members["trial_id"], *lost["trial_id"]], diffs))
 
 
-def _add_deltas(out: pd.DataFrame, done: pd.DataFrame, margin: float) -> None:
+def _add_deltas(out: pd.DataFrame, done: pd.DataFrame, margin: float, ended: pd.DataFrame | None = None) -> None:
     for c in ("delta", "delta_ci_low", "delta_ci_high", "delta_p", "within_noise", "verdict"):
         out[c] = None
     out["is_baseline"] = False
     for setting in out["loss_setting"].drop_duplicates():
-        base, family = holm_family(done, setting, margin=margin)
+        base, family = holm_family(done, setting, margin=margin, ended=ended)
         if base is None:
             continue
         out.loc[out["trial_id"] == base.get("trial_id"), "is_baseline"] = True

@@ -42,7 +42,12 @@ VARIANTS = [
     ("reconboost (stage 0 turn)", {"name": "reconboost"}),  # epoch 0: one encoder; see docs/balancers.md
     ("mla", {"name": "mla"}),  # one optimizer step per modality per batch
     ("mla (paper: head projection)", {"name": "mla", "variant": "paper"}),
+    ("ume", {"name": "ume"}),  # the unimodal models only: no fused head
+    ("umt (teacher phase)", {"name": "umt"}),  # epoch 0: the teachers train, the model rests
+    ("umt (distillation)", {"name": "umt", "teacher_fraction": 0.1}),  # epoch 1 on: joint step + frozen teachers
 ]
+# Rows timed at a later epoch of their balancer's schedule (default: epoch 0).
+START_EPOCH = {"umt (distillation)": 1}
 
 
 def sync(device: torch.device) -> None:
@@ -129,6 +134,7 @@ def main() -> None:
     base = None
     for label, balancer in VARIANTS:
         trainer = make_trainer(args, balancer)
+        trainer.state.epoch = START_EPOCH.get(label, 0)
         batches = fixed_batches(trainer, 4)
         seconds = time_steps(trainer, batches, args.warmup, args.steps, args.repeats)
         base = seconds if base is None else base

@@ -23,7 +23,7 @@ SPACES_DIR = Path(__file__).parent
 
 
 class ParamSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a bound or step of inf or NaN is an error
     type: Literal["float", "int", "categorical", "fixed"] = "float"
     low: float | None = None
     high: float | None = None
@@ -36,6 +36,7 @@ class ParamSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ParamSpec":
+        """What Optuna would otherwise refuse in the middle of a study, refused before it starts."""
         if self.type in ("float", "int"):
             if self.low is None or self.high is None:
                 raise ValueError(f"type {self.type} needs low and high")
@@ -43,8 +44,24 @@ class ParamSpec(BaseModel):
                 raise ValueError(f"empty range: low ({self.low}) must be < high ({self.high})")
             if self.log and self.low <= 0:
                 raise ValueError(f"log scale needs low > 0 (got {self.low})")
-        if self.type == "categorical" and not self.choices:
-            raise ValueError("categorical needs a non-empty list of choices")
+            if self.step is not None and not self.step > 0:
+                raise ValueError(f"step must be > 0 (got {self.step})")
+        if self.type == "float" and self.log and self.step is not None:
+            raise ValueError("a log scale takes no step (allowed: log or step)")
+        if self.type == "int":
+            if self.step is not None and self.step != int(self.step):
+                raise ValueError(f"an int parameter's step is a whole number (got {self.step})")
+            if self.log and self.step not in (None, 1):
+                raise ValueError(f"an int log scale takes step 1 (got {self.step})")
+            if math.ceil(self.low) > math.floor(self.high):
+                raise ValueError(f"no integer between low ({self.low}) and high ({self.high})")
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty list of choices")
+            odd = [c for c in self.choices if not isinstance(c, (str, int, float, bool, type(None)))]
+            if odd:
+                raise ValueError(f"categorical choices are single values (allowed: strings, numbers, booleans, "
+                                 f"null; got {odd[0]!r})")
         return self
 
     def grid_values(self) -> list[Any]:
@@ -58,7 +75,7 @@ class ParamSpec(BaseModel):
 
 
 class SearchSpace(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     balancer: str | None = None
     description: str = ""
     params: dict[str, ParamSpec] = Field(default_factory=dict)
@@ -69,7 +86,7 @@ class SearchSpace(BaseModel):
     @classmethod
     def _qualify_keys(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("params"), dict):
-            data = dict(data, params={_qualify(k): v for k, v in data["params"].items()})
+            data = dict(data, params={_qualify(str(k)): v for k, v in data["params"].items()})
         if isinstance(data, dict) and isinstance(data.get("constraints"), list):
             data = dict(data, constraints=[_qualify_constraint(c) for c in data["constraints"]])
         return data
@@ -107,13 +124,18 @@ def load_space(spec: str | dict | None, field: str = "search_space") -> SearchSp
         path = Path(spec)
         if not path.suffix:
             path = SPACES_DIR / f"{spec}.yaml"
-        if not path.is_file():
-            raise ConfigError(f"{field}: no space '{spec}'; allowed: {', '.join(available_spaces())} or a YAML path")
+        try:
+            found = path.is_file()
+        except OSError:  # e.g. a name too long for the file system
+            found = False
+        if not found:
+            raise ConfigError(f"{field}: no space '{spec[:200]}'; allowed: {', '.join(available_spaces())} or a YAML "
+                              "path")
         spec = read_yaml(path, field)
     if not isinstance(spec, dict):
         raise ConfigError(f"{field}: expected a mapping with 'params'")
     try:
-        return SearchSpace(**spec)
+        return SearchSpace.model_validate(spec)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, prefix=field, model=SearchSpace)) from None
 
@@ -130,9 +152,11 @@ def base_value(base: dict[str, Any], key: str) -> Any:
 
 
 def validate_space(space: SearchSpace, base: dict[str, Any], field: str = "search_space") -> None:
-    """Reject, before any trial runs, a space whose bounds are invalid for the trial config or whose
-    constraints cannot be met."""
+    """Reject, before any trial runs, a space whose bounds are invalid for the trial config, whose constraints
+    compare what is not a number or cannot be met, or whose conditional parameter can never be sampled."""
+    ranges = {key: _numeric_range(space, base, key, field) for c in space.parsed_constraints() for key in c}
     for key, p in space.params.items():
+        _check_condition(space, key, p, field)
         probes = ([p.low, p.high] if p.type in ("float", "int") else [])
         probes += (p.choices or []) + ([p.value] if p.type == "fixed" else []) + (p.grid or [])
         for value in probes:
@@ -141,33 +165,53 @@ def validate_space(space: SearchSpace, base: dict[str, Any], field: str = "searc
             point = {key: value}
             for a, b in space.parsed_constraints():  # probe with a partner that meets the constraint
                 if key == a and isinstance(value, (int, float)):
-                    point[b] = max(_highest(space, base, b), value + space.constraint_gap)
+                    point[b] = max(ranges[b][1], value + space.constraint_gap)
                 if key == b and isinstance(value, (int, float)):
-                    point[a] = min(_lowest(space, base, a), value - space.constraint_gap)
+                    point[a] = min(ranges[a][0], value - space.constraint_gap)
             try:
                 build_trial_config(base, unflatten(point))
             except ConfigError as err:
                 raise ConfigError(f"{field}.params.{key}: value {value!r} is invalid for the trial ({err})") from None
     for a, b in space.parsed_constraints():
-        lo_a = _lowest(space, base, a)
-        hi_b = _highest(space, base, b)
+        lo_a, hi_b = ranges[a][0], ranges[b][1]
         if not lo_a + space.constraint_gap < hi_b:
             raise ConfigError(f"{field}.constraints: '{a} < {b}' cannot be met: {a} is at least {lo_a} and "
                               f"{b} at most {hi_b}")
 
 
-def _lowest(space: SearchSpace, base: dict[str, Any], key: str) -> float:
+def _numeric_range(space: SearchSpace, base: dict[str, Any], key: str, field: str) -> tuple[float, float]:
+    """(lowest, highest) value of one side of a constraint: a parameter of the space or a trial field, numeric."""
     p = space.params.get(key)
-    if p is None or p.type == "fixed":
-        return float(p.value if p is not None else base_value(base, key))
-    return float(p.low if p.low is not None else min(p.choices or [math.inf]))
+    if p is None:
+        try:
+            values = [base_value(base, key)]
+        except (KeyError, TypeError):
+            raise ConfigError(f"{field}.constraints: '{key}' is neither a parameter of the space nor a trial "
+                              f"field") from None
+    else:
+        values = {"float": [p.low, p.high], "int": [p.low, p.high], "fixed": [p.value]}.get(p.type, p.choices)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{field}.constraints: '{key}' takes {values!r}; a constraint 'a < b' compares numbers")
+    return float(min(values)), float(max(values))
 
 
-def _highest(space: SearchSpace, base: dict[str, Any], key: str) -> float:
-    p = space.params.get(key)
-    if p is None or p.type == "fixed":
-        return float(p.value if p is not None else base_value(base, key))
-    return float(p.high if p.high is not None else max(p.choices or [-math.inf]))
+def _check_condition(space: SearchSpace, key: str, p: ParamSpec, field: str) -> None:
+    """`when: {param: value}`: a parameter of the space sampled before this one, with that value among its own."""
+    order = _ordered(space)
+    for name, wanted in (p.when or {}).items():
+        other = _qualify(str(name))
+        q = space.params.get(other)
+        if other == "loss_setting" and q is None:
+            continue  # the study's loss settings (a study-level choice, sampled first)
+        if q is None or other == key:
+            raise ConfigError(f"{field}.params.{key}.when: '{name}' is not another parameter of the space "
+                              f"(allowed: {', '.join(k for k in space.params if k != key) or 'none'})")
+        if order.index(other) > order.index(key):
+            raise ConfigError(f"{field}.params.{key}.when: declare '{other}' before '{key}' (a condition is sampled "
+                              "first)")
+        possible = q.choices if q.type == "categorical" else [q.value] if q.type == "fixed" else None
+        if possible is not None and wanted not in possible:
+            raise ConfigError(f"{field}.params.{key}.when: {other} never takes {wanted!r} (allowed: {possible})")
 
 
 def satisfies(point: dict[str, Any], space: SearchSpace, base: dict[str, Any]) -> bool:

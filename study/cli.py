@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from study.credentials import adopt, redact_text
+from trainables.balancers.plugin_trust import plugins_allowed
 from trainables.balancers.registry import balancer_names
 from trainables.config import build_trial_config
 from trainables.errors import ConfigError
@@ -16,6 +19,10 @@ def _debug(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads: must be at least 1 (got {args.threads})")
     flags = {"balancer": args.balancer, "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed,
              "device": args.device}
+    if args.out is not None:
+        from study.records import check_writable
+
+        check_writable(Path(args.out), "--out")
     if args.from_run:
         run_from_run(args.from_run, args.tracking_uri, flags, args.overrides, args.threads, args.out)
         return 0
@@ -89,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_prepare)
     _add_study_commands(sub)
+    for name in ("debug", "resume", "sync", "list", "report"):  # the commands that read configs from records
+        sub.choices[name].add_argument(
+            "--allow-plugin", action="store_true",
+            help="import a balancer plug-in (package.module:Class) named by the study folder or MLflow run read "
+                 "(refused by default: records are data, anyone with write access to them could name any module)")
     for command in sub.choices.values():
         command.set_defaults(command_parser=command)
     return parser
@@ -104,6 +116,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line with exit status 2, like every other user error (`--help` has the usage)."""
 
     def error(self, message: str):
+        message = redact_text(message).replace("\n", "\\n")  # it quotes arguments: a URI's password among them
         print(f"mmstudy: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(2)
 
@@ -115,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     # The command's own parser reads its arguments intermixed: key=value options may follow the flags.
     args = args.command_parser.parse_intermixed_args(argv[1:])
     try:
-        return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"mmstudy: error: {err}", file=sys.stderr)
+        if getattr(args, "tracking_uri", None):  # its credentials are used, never stored or printed
+            args.tracking_uri = adopt(args.tracking_uri, "--tracking-uri")
+        with plugins_allowed(getattr(args, "allow_plugin", False)):
+            return int(args.func(args) or 0)
+    except ConfigError as err:  # one line, whatever a value quoted in it held; no secret of a URI in it
+        message = redact_text(str(err)).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"mmstudy: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmstudy: interrupted", file=sys.stderr)

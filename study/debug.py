@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.records import write_json_atomic
-from trainables.config import TrialConfig, build_trial_config, flatten
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from study.credentials import redact_text
+from study.records import connect, write_json_atomic
+from trainables.balancers.plugin_trust import config_from_record
+from trainables.config import (TrialConfig, build_trial_config, deep_merge, flatten, format_validation_error,
+                               parse_overrides)
+from trainables.errors import ConfigError
 from trainables.trainer import Trainer
 
 # Per-epoch values that are not results: wall time, and what the trial reported once about itself.
@@ -90,40 +98,132 @@ def train_and_print(trainers: list[Trainer], seeds: list[int], out_dir: str | No
 
 
 # ------------------------------------------------------------------ --from-run
+class RecordedProvenance(BaseModel):
+    """The fields of a run's `mmstudy.provenance` tag a re-run reads (trainables.provenance.collect writes them),
+    checked: tags are written by anyone with write access to the tracking server."""
+    model_config = ConfigDict(extra="allow")
+    threads: int | None = Field(None, ge=1, le=4096)
+    device: str | None = None
+    device_name: str | None = None
+    cpu_capability: str | None = None
+    precision: str | None = None
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    git: dict[str, str | bool | None] = Field(default_factory=dict)
+    seeds: list[int] | None = None
+    dataset: dict[str, Any] | None = None
+
+
+@dataclass
+class TrialRun:
+    """What `debug --from-run` reads from a trial's MLflow run, each tag checked."""
+    run_id: str
+    trial_id: str
+    config: dict[str, Any]  # `mmstudy.trial_config`: the resolved trial config, without its seed
+    seeds: list[int]  # `mmstudy.seeds`
+    per_seed_keys: list[str]  # `mmstudy.per_seed_keys`: trial keys each seed sets to its own value (dataset.seed)
+    provenance: dict[str, Any] | None  # `mmstudy.provenance`, None for a run that records none
+
+
+def read_trial_run(run_id: str, uri: str) -> TrialRun:
+    """A trial's MLflow run and its mmstudy tags (`trial_from_tags`); a store that does not answer and a run
+    that is not there are each one line naming it."""
+    from mlflow.exceptions import MlflowException
+
+    from study.records import existing_store
+
+    client = connect(existing_store("", tracking_uri=uri))
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise ConfigError(f"--from-run: no MLflow run '{run_id}' in {uri}") from None
+        raise ConfigError(f"--from-run: cannot read run '{run_id}' from {uri} ({first_line(err)})") from None
+    return trial_from_tags(run_id, tags)
+
+
+def trial_from_tags(run_id: str, tags: dict[str, str], field: str = "--from-run") -> TrialRun:
+    """A trial run's mmstudy tags, each checked (anyone with write access to the tracking server writes tags):
+    a tag that is not what mmstudy writes is one line naming it. The config is still data: build it under
+    `config_from_record` so that a plug-in path in it is never imported unasked."""
+    def tag(name: str, default: str | None = None) -> Any:
+        text = tags.get(name, default)
+        try:
+            return None if text is None else json.loads(text)
+        except ValueError:
+            raise ConfigError(f"{field}: run '{run_id}' has a malformed {name} tag (not JSON)") from None
+
+    config = tag("mmstudy.trial_config")
+    if config is None:
+        raise ConfigError(f"{field}: run '{run_id}' is not an mmstudy trial (no mmstudy.trial_config tag)")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.trial_config tag (not a mapping)")
+    seeds = tag("mmstudy.seeds", "[0]")
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.seeds tag (allowed: a non-empty "
+                          f"list of distinct non-negative integers; got {tags.get('mmstudy.seeds')[:100]!r})")
+    recorded = tag("mmstudy.provenance")
+    if recorded is not None:
+        try:
+            recorded = RecordedProvenance.model_validate(recorded).model_dump()
+        except ValidationError as err:
+            raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.provenance tag "
+                              f"({format_validation_error(err, prefix='provenance')})") from None
+    per_seed_keys = tag("mmstudy.per_seed_keys", "[]")
+    if not (isinstance(per_seed_keys, list) and all(isinstance(k, str) and re.fullmatch(r"[A-Za-z_][\w.]*", k)
+                                                     for k in per_seed_keys)):
+        raise ConfigError(f"{field}: run '{run_id}' has a malformed mmstudy.per_seed_keys tag (allowed: a list of "
+                          f"dotted trial keys; got {tags.get('mmstudy.per_seed_keys')[:100]!r})")
+    config = {k: v for k, v in config.items() if k != "seed"}
+    return TrialRun(run_id, str(tags.get("mmstudy.trial_id", run_id)), config, seeds, per_seed_keys, recorded)
+
+
+def seed_config(trial: TrialRun, seed: int, overrides: list[str] | None = None) -> TrialConfig:
+    """One seed's config of a recorded trial as that seed trained: its seed, and its own data draw where the
+    trial drew one per seed (`per_seed_keys`, trainables.tune_trainable.seed_overrides); then `overrides`."""
+    from trainables.tune_trainable import seed_overrides
+
+    return build_trial_config(deep_merge(trial.config, seed_overrides(seed, trial.per_seed_keys)), overrides)
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return redact_text(text.splitlines()[0][:200]) if text else type(err).__name__
+
+
 def run_from_run(run_id: str, tracking_uri: str | None, flags: dict[str, Any], overrides: list[str],
                  threads: int | None, out_dir: str | None) -> dict[str, Any]:
     """Re-run an MLflow trial run as its trial ran: its config and seeds (in lockstep), its torch thread
     count and device type applied before anything is built; say whether the numbers can match exactly,
-    then compare them with the run's per-epoch MLflow history."""
+    then compare them with the run's per-epoch MLflow history.
+
+    The run is data, not code: a balancer plug-in path in its config is not imported unless it is the one
+    given on this command line (`--balancer`, `balancer.name=`) or the user says `--allow-plugin`."""
     import torch
-    from mlflow.tracking import MlflowClient
 
     from study.config import default_tracking_uri
-    from study.tracking import trial_config_from_run
     from trainables import provenance
     from trainables.tune_trainable import build_trainers
 
     uri = tracking_uri or default_tracking_uri()
-    raw = trial_config_from_run(run_id, uri)
-    run = MlflowClient(tracking_uri=uri).get_run(run_id)
-    tags = run.data.tags
-    trial_config = {k: v for k, v in raw.items() if k != "seed"}
-    seeds = json.loads(tags.get("mmstudy.seeds", "[0]"))
-    recorded = json.loads(tags["mmstudy.provenance"]) if "mmstudy.provenance" in tags else None
-    trial_id = tags.get("mmstudy.trial_id", run_id)
+    trial = read_trial_run(run_id, uri)
+    seeds = [flags["seed"]] if flags.get("seed") is not None else trial.seeds
+    given = [flags.get("balancer"), flatten(parse_overrides(overrides)).get("balancer.name")]
+    given = [g for g in given if isinstance(g, str)]
+    with config_from_record(f"MLflow run {run_id} (tag mmstudy.trial_config)", given):
+        recorded_device = build_trial_config(trial.config).device  # checked before it is used
+        settings = provenance.applied_settings(trial.provenance, threads, torch.cuda.is_available())
+        raw = dict(trial.config)
+        if "device" in settings and flags.get("device") is None:
+            from trainables.trainer import resolve_device
 
-    settings = provenance.applied_settings(recorded, threads, torch.cuda.is_available())
-    if "device" in settings and flags.get("device") is None:
-        from trainables.trainer import resolve_device
-
-        if resolve_device(raw.get("device", "auto")).type != settings["device"]:
-            raw["device"] = settings["device"]  # e.g. a CPU trial's `auto` where this machine has a GPU
-    raw = apply_flags(raw, flags)
-    if flags.get("seed") is not None:
-        seeds = [flags["seed"]]
-    configs = [build_trial_config(raw, [*overrides, f"seed={s}"]) for s in seeds]
+            if resolve_device(recorded_device).type != settings["device"]:
+                raw["device"] = settings["device"]  # e.g. a CPU trial's `auto` where this machine has a GPU
+        raw = apply_flags(raw, flags)
+        configs = [seed_config(TrialRun(**{**trial.__dict__, "config": raw}), s, [*overrides, f"seed={s}"])
+                   for s in seeds]
     resolved = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
-    recorded_fields = flatten(trial_config)  # fields added to mmstudy after the trial ran are not changes
+    recorded_fields = flatten(trial.config)  # fields added to mmstudy after the trial ran are not changes
     changed = sorted(k for k, v in flatten(resolved).items() if k in recorded_fields and recorded_fields[k] != v
                      and not (k == "device" and v == settings.get("device")))
     before = torch.get_num_threads()
@@ -132,16 +232,16 @@ def run_from_run(run_id: str, tracking_uri: str | None, flags: dict[str, Any], o
     try:
         trainers = build_trainers(configs)
         here = provenance.collect(trainers[0], seeds)
-        _, line = provenance.verdict(trial_id, recorded, here, changed)
+        _, line = provenance.verdict(trial.trial_id, trial.provenance, here, changed)
         print(line, flush=True)
         result = train_and_print(trainers, seeds, out_dir, progress=True)
     finally:
         torch.set_num_threads(before)  # an in-process caller (a notebook, a test) keeps its own setting
     rows = result["history"]
-    gap = largest_difference(MlflowClient(tracking_uri=uri), run_id, rows)
+    gap = largest_difference(connect(uri), run_id, rows)
     print(gap["line"], flush=True)
-    result["comparison"] = {"trial_id": trial_id, "run_id": run_id, "provenance_line": line,
-                            "provenance_here": here, "provenance_trial": recorded, **gap}
+    result["comparison"] = {"trial_id": trial.trial_id, "run_id": run_id, "provenance_line": line,
+                            "provenance_here": here, "provenance_trial": trial.provenance, **gap}
     if out_dir is not None:
         write_json_atomic(Path(out_dir) / "metrics.json", result)
     return result
@@ -155,7 +255,8 @@ def apply_flags(raw: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if key in ("balancer", "dataset"):
-            if raw.get(key, {}).get("name") != value:
+            current = raw.get(key)
+            if not (isinstance(current, dict) and current.get("name") == value):
                 raw[key] = {"name": value}
         else:
             raw[key] = value

@@ -1,74 +1,29 @@
-"""A study's records: its folder (STORAGE_PATH/NAME) and its parent MLflow run -- started together, finished
-together, synced together; this module is their one home.
-
-Study folder:
-  study.json   the snapshot (resolved study config with the search space inlined), MLflow ids, status, and
-               at the end the trial counts and the best trial -- what `resume`, `list`, `report`, `sync` read
-  study.yaml   the snapshot as YAML, also an artifact of the parent run (`report <experiment>` reads it)
-  tune/        Tune's experiment (trial results, checkpoints, searcher state) -- `Tuner.restore` reads it
-  optuna.journal  the Optuna study of a sampled search (`optuna.load_study`, optuna-dashboard)
+"""A study's records: its folder (STORAGE_PATH/NAME, `study.folder`) and its parent MLflow run -- started
+together, finished together, synced together; this module is their one home. The trial runs are
+`study.tracking`'s (records -> tracking, never back); the store is `study.store`'s.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from study.config import OWN_ROLES, StudyConfig, default_tracking_uri, load_study_config
+from study.config import OWN_ROLES, StudyConfig
+# The folder's and the store's names, imported from their homes for the callers that know them from here.
+from study.folder import (SNAPSHOT_ARTIFACT, STUDY_FILE, TUNE_DIR, Study, open_study, read_info,  # noqa: F401
+                          trial_folders, trial_results, tune_state_files, tune_trials, write_json_atomic)
+from study.store import (connect, discard_store, ensure_experiment, existing_store, new_sqlite_store,  # noqa: F401
+                         open_existing, study_tracking_uri)
+from study.credentials import redact_text
+from study.trust import Trust, check_no_swap, check_trusted, make_study_folder
+from trainables.balancers.plugin_trust import PluginRefused
 from trainables.errors import ConfigError
-
-STUDY_FILE = "study.json"
-SNAPSHOT_ARTIFACT = "study.yaml"
-TUNE_DIR = "tune"
-# A tracking server that stops answering must not stall the driver for minutes per call.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so a reader (or a killed writer) never sees half a file; NumPy/torch scalars as numbers."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v))
-    os.replace(tmp, path)
-
-
-@dataclass
-class Study:
-    """A study's folder and what study.json holds; `config` is the snapshot, validated."""
-    dir: Path
-    info: dict[str, Any]
-
-    @cached_property
-    def config(self) -> StudyConfig:
-        return load_study_config(None, raw=self.info["config"])
-
-    @property
-    def name(self) -> str:
-        return self.info["name"]
-
-    @property
-    def tune_dir(self) -> Path:
-        return self.dir / TUNE_DIR
-
-    def save(self) -> None:
-        write_json_atomic(self.dir / STUDY_FILE, self.info)
-
-
-def open_study(study_dir: str | Path) -> Study:
-    path = Path(study_dir).resolve()
-    if not (path / STUDY_FILE).is_file():
-        raise ConfigError(f"study: '{study_dir}' is not a study folder (no {STUDY_FILE}); see `mmstudy list`")
-    return Study(path, json.loads((path / STUDY_FILE).read_text()))
 
 
 # ----------------------------------------------------------------------------- before a study starts
@@ -104,65 +59,32 @@ def can_create_in(folder: Path) -> bool:
     return True
 
 
-def new_sqlite_store(uri: str) -> bool:
-    """True for a sqlite:/// URI whose file does not exist yet in a writable folder."""
-    if not uri.startswith("sqlite:///"):
-        return False
-    path = Path(uri[len("sqlite:///"):])
-    return not path.exists() and path.parent.is_dir() and os.access(path.parent, os.W_OK)
-
-
-def check_new(cfg: StudyConfig) -> None:
+def check_new(cfg: StudyConfig, shared_group: str | None = None) -> None:
     """Everything a new study needs that is not Ray: a free name, a writable folder, a reachable store (a new
-    SQLite file is created only once the study's records are made, so a study that fails before leaves none)."""
+    SQLite file is created only once the study's records are made, so a study that fails before leaves none).
+    A folder of that name that is already there must be the user's (`study.trust`) and hold nothing mmstudy
+    would write: the study then starts in it and leaves its other files alone."""
+    from study.search import OPTUNA_FILE
+
     study_dir = cfg.study_dir()
     if (study_dir / STUDY_FILE).exists():
         raise ConfigError(f"name: study '{cfg.name}' already exists in {study_dir}; "
                           f"continue it with `mmstudy resume {study_dir}` or choose another name")
+    trust = Trust.of_user(shared_group)  # an unknown --shared-group fails here, before anything
+    if study_dir.exists():
+        if not study_dir.is_dir():
+            raise ConfigError(f"name: '{study_dir}' is a file, not a study folder; choose another name")
+        check_trusted(study_dir, shared_group)
+        taken = [n for n in (SNAPSHOT_ARTIFACT, TUNE_DIR, OPTUNA_FILE) if (study_dir / n).exists()]
+        if taken:
+            raise ConfigError(f"name: '{study_dir}' already holds {', '.join(taken)} but no {STUDY_FILE} (not a study "
+                              f"mmstudy can continue); move them or choose another name")
+    elif study_dir.parent.exists():
+        check_no_swap(study_dir.parent, trust)
     check_storage(study_dir)
-    if not new_sqlite_store(cfg.resolved_tracking_uri()):
-        connect(cfg.resolved_tracking_uri())
-
-
-def connect(tracking_uri: str):
-    """A client that has proven it can reach the store (a server that is down fails here, before any trial)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as err:  # noqa: BLE001 -- any failure here means the store is unusable
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"tracking_uri: cannot reach MLflow at '{tracking_uri}' ({first[:200]})") from None
-    return client
-
-
-def study_tracking_uri(study: str, tracking_uri: str | None = None) -> str:
-    """The tracking URI a study folder or experiment name is read from (`report`, `ui`, analysis.load): the
-    override, else the folder's study.json, else the default store."""
-    snapshot = Path(study) / STUDY_FILE
-    if tracking_uri:
-        return tracking_uri
-    return json.loads(snapshot.read_text())["tracking_uri"] if snapshot.is_file() else default_tracking_uri()
-
-
-def existing_store(study: str, tracking_uri: str | None = None) -> str:
-    """`study_tracking_uri`, proven to exist and answer: a server that is down or a SQLite file that is not
-    there is one line naming the URI, never a traceback or a new empty store."""
-    uri = study_tracking_uri(study, tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ConfigError(f"tracking_uri: no MLflow store at '{uri}' (no such SQLite file)")
-    connect(uri)
-    return uri
-
-
-def ensure_experiment(client, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(name)
+    uri = cfg.resolved_tracking_uri()
+    if not new_sqlite_store(uri):
+        open_existing(uri)
 
 
 def git_commit() -> str:
@@ -184,9 +106,11 @@ def dataset_label(cfg: StudyConfig) -> str:
 # ----------------------------------------------------------------------------- start, finish, sync
 
 
-def start(cfg: StudyConfig, config_path: str | None = None) -> Study:
-    """The study folder, its snapshot and the parent MLflow run -- all or none: a failure removes what was
-    made (a SQLite store this call created is removed too while it holds no run)."""
+def start(cfg: StudyConfig, config_path: str | None = None, shared_group: str | None = None) -> Study:
+    """The study folder, its snapshot and the parent MLflow run -- all or none. A failure (Ctrl-C too) removes
+    exactly what this call made: the parent run, the files it wrote, the folders it created (a new folder is
+    0700, or 2770 for `shared_group`), a new SQLite store while it holds no run. A folder that was there
+    before stays, with everything else in it."""
     from mlflow.entities import Param
 
     from study.tracking import params_of
@@ -194,6 +118,8 @@ def start(cfg: StudyConfig, config_path: str | None = None) -> Study:
     uri, study_dir = cfg.resolved_tracking_uri(), cfg.study_dir()
     created_store = new_sqlite_store(uri)
     client = parent_id = None
+    made_dirs: list[Path] = []
+    made_files = [p for p in (study_dir / SNAPSHOT_ARTIFACT, study_dir / STUDY_FILE) if not p.exists()]
     try:
         client = connect(uri)
         experiment_id = ensure_experiment(client, cfg.resolved_experiment())
@@ -202,16 +128,20 @@ def start(cfg: StudyConfig, config_path: str | None = None) -> Study:
             "mmstudy.study": cfg.name, "mmstudy.kind": "study", "mmstudy.mode": cfg.mode,
             "mmstudy.git_commit": git_commit(), "mmstudy.dataset": dataset_label(cfg),
             "mmstudy.balancer": cfg.trial_config().balancer.name, "mmstudy.config_hash": cfg.config_hash(),
-            "mmstudy.study_dir": str(study_dir), "mmstudy.status": "running"}).info.run_id
+            "mmstudy.study_dir": str(study_dir), "mmstudy.status": "running", **cfg.protocol_tags()}).info.run_id
         client.log_batch(parent_id, params=[Param(k, v) for k, v in params_of(snapshot).items()])
-        study_dir.mkdir(parents=True, exist_ok=True)
+        make_study_folder(study_dir, shared_group, made_dirs)
         (study_dir / SNAPSHOT_ARTIFACT).write_text(yaml.safe_dump(snapshot, sort_keys=False))
         client.log_artifact(parent_id, str(study_dir / SNAPSHOT_ARTIFACT))
-        if config_path:
-            client.log_artifact(parent_id, config_path, "as_given")
-        study = Study(study_dir, {"name": cfg.name, "config": snapshot, "tracking_uri": uri,
-                                  "experiment_id": experiment_id, "experiment_name": cfg.resolved_experiment(),
-                                  "parent_run_id": parent_id, "status": "running", "created": time.time()})
+        if config_path:  # the user's file, as given -- but never a tracking URI's credentials
+            client.log_text(parent_id, redact_text(Path(config_path).read_text()), f"as_given/{Path(config_path).name}")
+        info = {"name": cfg.name, "config": snapshot, "tracking_uri": uri, "experiment_id": experiment_id,
+                "experiment_name": cfg.resolved_experiment(), "parent_run_id": parent_id, "status": "running",
+                "created": time.time()}
+        if shared_group:
+            info["shared_group"] = shared_group
+        study = Study(study_dir, info)
+        study.config = cfg  # this command's own, validated config (its plug-in, if any, is the user's choice)
         study.save()
         return study
     except BaseException:
@@ -220,29 +150,16 @@ def start(cfg: StudyConfig, config_path: str | None = None) -> Study:
                 client.delete_run(parent_id)
             except Exception:  # noqa: BLE001
                 pass
-        shutil.rmtree(study_dir, ignore_errors=True)
+        for path in made_files:
+            path.unlink(missing_ok=True)
+        for folder in reversed(made_dirs):
+            try:
+                folder.rmdir()  # only while empty: what another process put there meanwhile stays
+            except OSError:
+                pass
         if created_store:
             discard_store(uri)
         raise
-
-
-def discard_store(uri: str) -> None:
-    """Remove a SQLite store that holds no run (not even a deleted one): another command may have started
-    using a store meanwhile, and then it stays."""
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
-
-    path = Path(uri[len("sqlite:///"):])
-    if path.exists():
-        try:
-            client = MlflowClient(tracking_uri=uri)
-            ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-            if ids and client.search_runs(ids, run_view_type=ViewType.ALL, max_results=1):
-                return
-        except Exception:  # noqa: BLE001 -- an unreadable store was never used by a study
-            pass
-    for leftover in (path, path.with_name(path.name + "-journal")):
-        leftover.unlink(missing_ok=True)
 
 
 def rank(frame, metric: str | list[str], mode: str | list[str], epochs: int | None = None):
@@ -296,18 +213,27 @@ def finish(study: Study, results, summary: Any = None) -> None:
               f"`mmstudy sync {study.dir}` retries")
 
 
-def sync(study: Study) -> dict[str, int]:
-    """Replay the study folder into MLflow (what an outage or a killed driver left unwritten); idempotent."""
-    from ray.tune import Tuner
+def expect_restored(study: Study) -> set[str]:
+    """Before a resume restores Tune's experiment: the trial ids its last state holds (read as JSON), kept in
+    study.json as `tune_trial_ids` for the check after the restore (`tracking.check_restored`) and for the
+    orphan clean-up, which spares them. An unreadable state is a one-line error before Ray starts."""
+    ids = {t.trial_id for t in tune_trials(study.tune_dir)}
+    study.info["tune_trial_ids"] = sorted(ids)
+    study.save()
+    return ids
 
+
+def sync(study: Study) -> dict[str, int]:
+    """Replay the study folder into MLflow (what an outage or a killed driver left unwritten); idempotent. Reads
+    Tune's JSON files only (`study.folder`), and opens the study's store, never a new one."""
     from study.tracking import replay
 
-    if not study.tune_dir.is_dir() or not Tuner.can_restore(str(study.tune_dir)):
+    if not tune_state_files(study.tune_dir):
         raise ConfigError(f"study: '{study.dir}' has no Tune experiment ({TUNE_DIR}/) to sync: its trials never "
                           f"started, so MLflow has nothing to catch up on")
+    client = open_existing(study.info["tracking_uri"])
     counts = replay(study)
     if study.info.get("status") == "finished":
-        client = connect(study.info["tracking_uri"])
         client.set_tag(study.info["parent_run_id"], "mmstudy.status", "finished")
         client.set_terminated(study.info["parent_run_id"], status="FINISHED")
     return counts
@@ -316,36 +242,63 @@ def sync(study: Study) -> dict[str, int]:
 # ----------------------------------------------------------------------------- list
 
 
-def list_studies(storage_path: str) -> list[dict[str, Any]]:
-    """Every study under `storage_path`: status, trial counts, the best trial by its metric and mode. A finished
-    study's counts come from study.json (no Ray import); a running or interrupted one's from Tune's files."""
-    rows = []
-    for path in sorted(Path(storage_path).glob(f"*/{STUDY_FILE}")):
-        study = Study(path.parent, json.loads(path.read_text()))
-        metric = study.info["config"]["metric"]
-        metric = metric[0] if isinstance(metric, list) else metric  # several: the first is the primary one
-        row = {"name": study.name, "status": study.info.get("status", "?"), "dir": str(study.dir),
-               "experiment": study.info.get("experiment_name", ""), "metric": metric["name"], "mode": metric["mode"]}
-        if study.info.get("status") == "finished":
-            row.update(trials=study.info.get("trials", 0), with_results=study.info.get("trials", 0),
-                       best=study.info.get("best"))
-        else:
-            row.update(live_counts(study, study.config.metric.names, study.config.metric.modes))
+def scan_studies(storage_path: str, shared_group: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every study under `storage_path` (status, trial counts, the best trial by its metric and mode), and one
+    note per folder skipped: untrusted (`study.trust`) or with an unreadable study.json. Reads JSON only: a
+    finished study's counts come from study.json, a running or interrupted one's from Tune's JSON files."""
+    rows, skipped = [], []
+    storage = Path(storage_path)
+    if not storage.is_dir():
+        return rows, skipped
+    check_no_swap(storage.resolve(), Trust.of_user(shared_group))
+    for path in sorted(storage.glob(f"*/{STUDY_FILE}")):
+        try:
+            check_trusted(path.parent, shared_group)
+            study = Study(path.parent.resolve(), read_info(path.parent))
+            try:
+                cfg = study.config
+            except PluginRefused as refused:  # shown, not imported
+                rows.append({"name": study.name, "status": str(study.info.get("status", "?")), "dir": str(study.dir),
+                             "experiment": study.info.get("experiment_name", ""), "metric": "-", "mode": "-",
+                             "trials": "-", "with_results": "-", "best": None,
+                             "note": f"not read: its study.json names the plug-in '{refused.path}' (--allow-plugin)"})
+                continue
+            row = {"name": study.name, "status": str(study.info.get("status", "?")), "dir": str(study.dir),
+                   "experiment": study.info.get("experiment_name", ""), "metric": cfg.metric.name,
+                   "mode": cfg.metric.mode}
+            if study.info.get("status") == "finished":
+                row.update(trials=study.info.get("trials", 0), with_results=study.info.get("trials", 0),
+                           best=study.info.get("best"))
+            else:
+                row.update(live_counts(study, cfg.metric.names, cfg.metric.modes))
+        except ConfigError as err:
+            skipped.append(f"skipped '{path.parent}': {err}")
+            continue
         rows.append(row)
-    return rows
+    return rows, skipped
+
+
+def list_studies(storage_path: str, shared_group: str | None = None) -> list[dict[str, Any]]:
+    """`scan_studies`' rows."""
+    return scan_studies(storage_path, shared_group)[0]
 
 
 def live_counts(study: Study, metric: str | list[str], mode: str | list[str]) -> dict[str, Any]:
-    """Trial counts and the best so far from Tune's experiment state (readable without a running Ray)."""
-    if not study.tune_dir.is_dir():
-        return {"trials": 0, "with_results": 0, "best": None}
-    from ray.tune import ExperimentAnalysis
+    """Trial counts and the best so far from Tune's JSON files (no Ray, no unpickling): the trials of its last
+    experiment state and those whose folders are newer, each by its last result."""
+    import pandas as pd
 
+    last: dict[str, dict[str, Any]] = {}
     try:
-        analysis = ExperimentAnalysis(str(study.tune_dir))
-    except Exception:  # noqa: BLE001 -- no experiment state written yet
-        return {"trials": 0, "with_results": 0, "best": None}
-    frame = analysis.dataframe()
-    return {"trials": len(analysis.trials), "with_results": sum(t.last_result is not None and bool(t.last_result)
-                                                                 for t in analysis.trials),
-            "best": best_of(frame, metric, mode, study.config.trial_config().epochs)}
+        last.update({t.trial_id: t.last_result for t in tune_trials(study.tune_dir)})
+    except ConfigError:  # a state file being replaced or cut short: the trial folders still count
+        pass
+    for folder in trial_folders(study.tune_dir):
+        results = trial_results(folder)
+        trial_id = str(results[-1].get("trial_id", "")) if results else ""
+        trial_id = trial_id or folder.name.rsplit("_", 1)[-1]
+        last[trial_id] = results[-1] if results else last.get(trial_id, {})
+    reported = [r for r in last.values() if r]
+    frame = pd.json_normalize(reported, sep="/") if reported else pd.DataFrame()
+    return {"trials": len(last), "with_results": len(reported),
+            "best": best_of(frame, metric, mode, study.config.trial_config().epochs) if reported else None}

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from study import records
-from study.cluster import ray_session
+from study.cluster import check_job_paths, ray_session
 from study.config import StudyConfig
+from study.trust import shared_umask
 from trainables.errors import ConfigError
 
 
@@ -27,11 +28,13 @@ class Outcome:
     summary: Any  # analysis.summary.StudySummary, or None when it could not be computed
 
 
-def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 0, out=None) -> Outcome:
-    records.check_new(cfg)                                   # a free name, a writable folder, a reachable store
-    with ray_session(cfg.ray_address, cfg.resources):        # start or join Ray; a trial must fit on a node
+def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 0, out=None,
+              shared_group: str | None = None) -> Outcome:
+    check_job_paths(cfg.storage_path, cfg.resolved_tracking_uri())  # as a Ray job: nothing in its temporary copy
+    records.check_new(cfg, shared_group)                     # a free name, a writable folder, a reachable store
+    with shared_umask(shared_group), ray_session(cfg.ray_address, cfg.resources):  # start/join Ray; a trial fits
         trainable = trainable_for(cfg)                       # the dataset: a bad one fails before any record exists
-        study = records.start(cfg, config_path)              # folder + snapshot + parent run, or none of them
+        study = records.start(cfg, config_path, shared_group)  # folder (0700) + snapshot + parent run, or none
         print_links(study, out)
         searcher = study_searcher(study)
         tuner = tune().Tuner(trainable, param_space={},
@@ -40,33 +43,68 @@ def run_study(cfg: StudyConfig, config_path: str | None = None, verbose: int = 0
     return wrap_up(study, results)
 
 
-def resume_study(study_dir: str | Path, verbose: int = 0, out=None) -> Outcome:
-    study = records.open_study(study_dir)                    # the snapshot, never the live YAML
+def resume_study(study_dir: str | Path, verbose: int = 0, out=None, shared_group: str | None = None) -> Outcome:
+    study = records.open_study(study_dir, shared_group)      # only you (or the shared group) wrote it; the snapshot
+    check_job_paths(study_dir, study.info["tracking_uri"], "study_dir")
     cfg = study.config
     if not study.tune_dir.exists() or not tune().Tuner.can_restore(str(study.tune_dir)):
         raise ConfigError(f"study: '{study.dir}' has no restorable Tune experiment (was it started?)")
-    records.connect(study.info["tracking_uri"])
+    from study.search import check_saved_state
+
+    check_saved_state(cfg, study.tune_dir)                   # Tune would restart the study on a bad searcher state
+    records.open_existing(study.info["tracking_uri"])       # the study's own store, never a new one
+    records.expect_restored(study)                           # the trials Tune recorded: a restore that loses one stops
     quiet_tune(verbose)
-    with ray_session(cfg.ray_address, cfg.resources):
+    with shared_umask(shared_group), ray_session(cfg.ray_address, cfg.resources):
         print_links(study, out)
         tuner = tune().Tuner.restore(str(study.tune_dir), trainable=trainable_for(cfg), resume_unfinished=True,
                                      resume_errored=True)
-        results = tuner.fit()
+        results = fit(tuner)
     backfill(study)                                          # what the killed driver had not written to MLflow
     return wrap_up(study, results)
+
+
+def fit(tuner):
+    """`tuner.fit()` of a restored study. A restore that lost trials stops in the study's callback
+    (`tracking.check_restored`) with one line, also when Ray hands it back wrapped (the Ray client runs the
+    tuner remotely); Tune's own log of why it could not restore becomes the end of that line."""
+    import logging
+
+    why = RestoreFailure()
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    tune_log.addFilter(why)
+    try:
+        return tuner.fit()
+    except Exception as err:
+        stop = err if isinstance(err, ConfigError) else getattr(err, "cause", None)
+        if isinstance(stop, ConfigError):
+            raise ConfigError(f"{stop}{f' (Tune: {why.reason})' if why.reason else ''}") from None
+        raise
+    finally:
+        tune_log.removeFilter(why)
+
+
+class RestoreFailure:
+    """A logging filter that keeps the reason of Tune's "Failed to restore the run state." (logged with a
+    traceback, after which Tune starts the experiment over) instead of printing it."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def filter(self, record) -> bool:
+        if not record.getMessage().startswith("Failed to restore") or not record.exc_info:
+            return True
+        err = record.exc_info[1]
+        self.reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        return False
 
 
 def wrap_up(study: records.Study, results) -> Outcome:
     """The Optuna study tidied, the best trial's weights (when asked), the answer against the baseline, the
     parent run closed."""
-    from study.search import close_orphaned_proposals
+    from study.search import close_orphans
 
-    if study.config.mode == "benchmark":
-        from study.benchmark import close_orphans
-
-        close_orphans(study.config, study.dir)               # each method's proposals a killed driver never trained
-    else:
-        close_orphaned_proposals(study.dir, study.config.name)
+    close_orphans(study.config, study.dir)                   # each method's proposals a killed driver never trained
     if study.config.checkpoint_policy() == "best":
         from study.tracking import log_best_weights
 
@@ -99,21 +137,17 @@ def trainable_for(cfg: StudyConfig):
 
 
 def study_searcher(study: records.Study):
-    """The study's one searcher; a benchmark's interleaves one Optuna study per method (study.benchmark)."""
+    """The study's one searcher: one Optuna study per method, interleaved (a search study has one method)."""
     from study.search import StudySearcher
 
-    if study.config.mode == "benchmark":
-        from study.benchmark import BenchmarkSearcher
-
-        return BenchmarkSearcher.for_study(study.config, study.dir)
     return StudySearcher.for_study(study.config, study.dir)
 
 
 def tune_config(study: records.Study, searcher):
-    from study import benchmark, search
+    from study import search
 
     cfg = study.config
-    scheduler = (benchmark if cfg.mode == "benchmark" else search).scheduler_for(cfg)  # a benchmark: ASHA per method
+    scheduler = search.scheduler_for(cfg)                    # ASHA per method
     TrialName = search.TrialName
     return tune().TuneConfig(metric=cfg.metric.name, mode=cfg.metric.mode, search_alg=searcher,
                              scheduler=scheduler, num_samples=searcher.total(),
@@ -124,7 +158,7 @@ def tune_config(study: records.Study, searcher):
 def run_config(study: records.Study, searcher, verbose: int, out=None):
     """Study folder, failure retries, checkpoints (the best by validation accuracy is kept for
     `log_checkpoint: best`, the latest always), and the callbacks: MLflow records and the live view."""
-    from study.console import StudyConsole, short_names
+    from study.console import StudyConsole, short_names, study_plan
     from study.tracking import TrialTracker
 
     cfg = study.config
@@ -132,7 +166,7 @@ def run_config(study: records.Study, searcher, verbose: int, out=None):
         if cfg.checkpoint_policy() == "best" else {}
     console = StudyConsole(cfg.name, cfg.metric.name, cfg.metric.mode, total=searcher.total(),
                            short_names=short_names(list(cfg.space().params)), out=out or sys.stdout,
-                           epochs=cfg.trial_config().epochs)
+                           epochs=cfg.trial_config().epochs, plan=study_plan(cfg))
     callbacks = [TrialTracker(study)] + ([console] if verbose == 0 else [])
     quiet_tune(verbose)
     return tune().RunConfig(name=records.TUNE_DIR, storage_path=str(study.dir), callbacks=callbacks,

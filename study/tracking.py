@@ -1,16 +1,18 @@
 """MLflow records of a study's trials: one nested child run per trial under the study's parent run.
 
 `TrialWriter` is the one place that writes a trial's run; the Tune callback (`TrialTracker`) only queues its
-calls, and `mmstudy sync` / a resume replay the study folder through the same writer. Logging happens on the
-driver, so workers need no route to the tracking server, and an unreachable server costs no trial: Tune keeps
+calls, and `mmstudy sync` / a resume replay the study folder's JSON files through the same writer. Logging happens
+on the driver, so workers need no route to the tracking server, and an unreachable server costs no trial: Tune keeps
 every result in the study folder. (Ray's own MLflowLoggerCallback has no parent run, no de-duplication on
 resume and no pruned/diverged status.)
+
+Nothing here deletes a run that holds results or that belongs to a trial any experiment state of the study has
+recorded, and a resume whose restore lost earlier trials stops before its first step (`check_restored`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,20 +22,22 @@ from typing import Any
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
+from ray.tune import Callback, Checkpoint
 
 from search_spaces import apply_point
-from study.config import default_tracking_uri
-from study.records import Study, connect
+from study.folder import TUNE_DIR, Study, read_info, trial_ids_ever, tune_trials
+from study.search import TAGGED_KEYS
 from study.status import trial_status
 from trainables.config import build_trial_config, flatten
 from trainables.errors import ConfigError
+from trainables.tune_trainable import PREDICTIONS_FILE, seed_overrides
 
 log = logging.getLogger("mmstudy.tracking")
 
 TRIAL_TAG, STUDY_TAG, STATUS_TAG, REASON_TAG = "mmstudy.trial_id", "mmstudy.study", "mmstudy.status", "mmstudy.status_reason"
 PER_SEED_TAG, PER_SEED_LIMIT = "mmstudy.per_seed", 8000  # MLflow's tag values hold 8000 characters
 CONFIG_ARTIFACT = "trial_config.yaml"
+PREDICTION_ROLES = ("confirm", "baseline")  # confirmed trials: their test predictions go on the run
 RETRY_AFTER_S = 30.0
 # Tune's bookkeeping and the trainable's flags: in the study folder, not on a run a person reads.
 NOT_METRICS = {"timestamp", "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "done",
@@ -77,24 +81,11 @@ def per_seed_values(result: dict[str, Any]) -> str:
 
 
 def resolved_trial_config(base: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """The exact trial config of a trial (without its seed: the seeds are the run's `seeds`)."""
-    cfg = build_trial_config(apply_point(base, spec["point"]), {"seed": spec["seeds"][0]}).to_dict()
+    """The exact trial config of a trial (without its seed: the seeds are the run's `seeds`; a data seed that
+    follows the training seed shows the first seed's)."""
+    overrides = seed_overrides(spec["seeds"][0], spec.get("per_seed_keys", ()))
+    cfg = build_trial_config(apply_point(base, spec["point"]), overrides).to_dict()
     cfg.pop("seed")
-    return cfg
-
-
-def trial_config_from_run(run_id: str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """The exact resolved config of a trial's MLflow run (`mmstudy debug --from-run`)."""
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
-    try:
-        run = client.get_run(run_id)
-    except Exception:  # noqa: BLE001
-        raise ConfigError(f"--from-run: no MLflow run '{run_id}' in {client.tracking_uri}") from None
-    raw = run.data.tags.get("mmstudy.trial_config")
-    if raw is None:
-        raise ConfigError(f"--from-run: run '{run_id}' is not an mmstudy trial (no mmstudy.trial_config tag)")
-    cfg = json.loads(raw)
-    cfg["seed"] = json.loads(run.data.tags.get("mmstudy.seeds", "[0]"))[0]
     return cfg
 
 
@@ -106,6 +97,7 @@ class TrialWriter:
         cfg = study.config
         self.tracking_uri, self.experiment_id = study.info["tracking_uri"], study.info["experiment_id"]
         self.parent_run_id, self.study_name = study.info["parent_run_id"], study.name
+        self.study_dir = str(study.dir)
         self.base, self.epochs = cfg.base_trial(), cfg.trial_config().epochs
         self._client: MlflowClient | None = None
         self.runs: dict[str, str] = {}
@@ -121,7 +113,9 @@ class TrialWriter:
     def logged_epochs(self, trial_id: str) -> int:
         return self.steps.get(trial_id, 0)
 
-    def run_for(self, trial_id: str, spec: dict[str, Any]) -> str:
+    def run_for(self, trial_id: str, spec: dict[str, Any], reopen: bool = True) -> str:
+        """The trial's run, created when missing; an ended one found again is reopened for more epochs
+        (a resume), unless `reopen` is off (adding weights to a closed run must leave its status)."""
         if trial_id in self.runs:
             return self.runs[trial_id]
         found = self.client.search_runs(
@@ -131,7 +125,7 @@ class TrialWriter:
             run_id = found[0].info.run_id
             history = self.client.get_metric_history(run_id, "epoch")
             self.steps[trial_id] = max((int(m.step) for m in history), default=0)
-            if found[0].info.status != "RUNNING":
+            if reopen and found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         else:
             resolved = resolved_trial_config(self.base, spec)
@@ -140,10 +134,10 @@ class TrialWriter:
                     STATUS_TAG: "running", "mmstudy.role": spec["role"], "mmstudy.trial_config": json.dumps(resolved),
                     "mmstudy.seeds": json.dumps(spec["seeds"]), "mmstudy.point": json.dumps(spec["point"], default=str)}
             tags.update({f"mmstudy.{k}": str(v) for k, v in spec["point"].items() if k.startswith("sweep_")})
-            if "confirms" in spec:
-                tags["mmstudy.confirms"] = spec["confirms"]
-            if "method" in spec:  # benchmark mode: which method's search or confirmation this trial is
-                tags["mmstudy.method"] = spec["method"]
+            # the confirmed search trial and its rank, the benchmark method, joint baseline, sampler start-up
+            tags.update({f"mmstudy.{k}": str(spec[k]) for k in TAGGED_KEYS if k in spec})
+            if spec.get("per_seed_keys"):  # keys each seed sets to its own value (dataset.seed): re-runs need them
+                tags["mmstudy.per_seed_keys"] = json.dumps(list(spec["per_seed_keys"]))
             run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
             params = params_of(resolved)
             params["seeds"] = json.dumps(spec["seeds"])
@@ -179,26 +173,72 @@ class TrialWriter:
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status={"finished": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED"))
 
+    def log_predictions(self, trial_id: str, spec: dict[str, Any], checkpoint) -> None:
+        """A confirmed trial's (confirm, baseline) per-example test predictions at each seed's best validation
+        epoch, from its last checkpoint, as `predictions/test_predictions.csv` (paired tests read them)."""
+        if checkpoint is None or spec.get("role") not in PREDICTION_ROLES:
+            return
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / PREDICTIONS_FILE
+            if path.is_file():
+                self.client.log_artifact(self.run_for(trial_id, spec), str(path), "predictions")
+
     def log_weights(self, trial_id: str, spec: dict[str, Any], folder: str) -> int:
         """The best epoch's checkpoint (every seed's weights) as the run's `best_checkpoint/`; returns bytes."""
-        run_id = self.run_for(trial_id, spec)
+        run_id = self.run_for(trial_id, spec, reopen=False)
         self.client.log_artifacts(run_id, folder, "best_checkpoint")
         return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
     def remove_orphans(self, known: set[str]) -> int:
         """A driver killed after a trial's run was created but before Tune persisted the trial leaves a run
-        for a trial that no longer exists (the searcher proposes a new one on resume). Such runs are closed
-        as `orphaned` and deleted (MLflow's soft delete), so the study shows exactly one run per trial."""
+        for a trial that no longer exists (the searcher proposes a new one on resume). Such runs are closed as
+        `orphaned`; those that hold no result are deleted (MLflow's soft delete), so the study shows one run per
+        trial. Spared: every trial in `known` or in any experiment state the study folder has ever held, runs
+        with any logged result (closed as orphaned, kept), and runs this writer did not make (no trial tag)."""
+        known = set(known) | trial_ids_ever(Path(self.study_dir) / TUNE_DIR) | recorded_trial_ids(self.study_dir)
         runs = self.client.search_runs([self.experiment_id], max_results=50000,
                                        filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
         removed = 0
         for run in runs:
-            if run.data.tags.get(TRIAL_TAG) not in known:
-                self.client.set_tag(run.info.run_id, STATUS_TAG, "orphaned")
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id is None or run.data.tags.get(STUDY_TAG) != self.study_name or trial_id in known:
+                continue
+            if run.data.tags.get(STATUS_TAG) == "orphaned":
+                continue
+            tags = [RunTag(STATUS_TAG, "orphaned"),
+                    RunTag(REASON_TAG, "Tune never recorded this trial (its driver was killed first); the "
+                                       "searcher proposed another in its place")]
+            self.client.log_batch(run.info.run_id, tags=tags)
+            if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, status="KILLED")
+            if not run.data.metrics:
                 self.client.delete_run(run.info.run_id)
                 removed += 1
         return removed
+
+
+def recorded_trial_ids(study_dir: str | Path) -> set[str]:
+    """The trial ids a resume found in Tune's experiment state before restoring it (study.json's
+    `tune_trial_ids`): what the restore must bring back."""
+    try:
+        ids = read_info(Path(study_dir)).get("tune_trial_ids", [])
+    except ConfigError:
+        return set()
+    return {str(i) for i in ids} if isinstance(ids, list) else set()
+
+
+def check_restored(study_dir: str | Path, trial_ids: set[str]) -> None:
+    """A restore that did not bring back every trial Tune had recorded (a damaged tune/ folder, a Ray or Optuna
+    upgrade since the run: Tune then starts the study over) must stop the study before anything is trained or
+    deleted: one line, exit 2."""
+    expected = recorded_trial_ids(study_dir)
+    missing = sorted(expected - set(trial_ids))
+    if missing:
+        more = " ..." if len(missing) > 5 else ""
+        raise ConfigError(f"study: Tune restored {len(expected) - len(missing)} of the {len(expected)} trials the "
+                          f"study folder records (missing: {', '.join(missing[:5])}{more}): its experiment or "
+                          f"searcher state could not be read (damaged, or written by another Ray or Optuna "
+                          f"version); stopped before any trial ran, MLflow untouched, '{study_dir}' kept")
 
 
 def last_error_line(path: str | Path | None) -> str:
@@ -216,6 +256,8 @@ class TrialTracker(Callback):
     MLflow trouble never stops trials: the tracker warns once per outage, then retries at most every
     RETRY_AFTER_S seconds so a dead server does not stall the queue; `mmstudy sync` back-fills the gap.
     """
+    # class defaults too: a tracker unpickled from a study started by an older mmstudy has no such attributes
+    _restore_checked = _restore_failed = False
 
     def __init__(self, study: Study):
         self.study, self.epochs = study, study.config.trial_config().epochs
@@ -225,7 +267,8 @@ class TrialTracker(Callback):
         self._last_try = 0.0
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state; clients and threads are not state
-        return {**self.__dict__, "writer": None, "_queue": None, "_failing_since": None, "_last_try": 0.0}
+        return {**self.__dict__, "writer": None, "_queue": None, "_failing_since": None, "_last_try": 0.0,
+                "_restore_checked": False, "_restore_failed": False}
 
     def _submit(self, what: str, method: str, *args) -> None:
         if self._queue is None:
@@ -254,6 +297,17 @@ class TrialTracker(Callback):
                 log.warning("mmstudy: MLflow %s failed (%s); trials continue, results stay in the study folder",
                             what, str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
 
+    def on_step_begin(self, iteration, trials, **info):
+        """Before Tune's first step in this driver, while nothing has been trained or written: the restore
+        brought back every trial the study folder records (`check_restored`), or the study stops here."""
+        if not self._restore_checked:
+            self._restore_checked = True
+            try:
+                check_restored(self.study.dir, {t.trial_id for t in trials})
+            except ConfigError:
+                self._restore_failed = True
+                raise
+
     # Arguments are evaluated here, in Tune's loop, so the queued write sees the trial as it was then.
     def on_trial_start(self, iteration, trials, trial, **info):
         self._submit("run creation", "run_for", trial.trial_id, dict(trial.config))
@@ -264,6 +318,8 @@ class TrialTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = dict(trial.last_result or {})
         status, reason = trial_status(last, self.epochs)
+        if status == "finished" and trial.config.get("role") in PREDICTION_ROLES:
+            self._submit("predictions", "log_predictions", trial.trial_id, dict(trial.config), trial.checkpoint)
         self._submit("run closing", "close", trial.trial_id, dict(trial.config), status, reason, last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -272,28 +328,30 @@ class TrialTracker(Callback):
                      dict(trial.last_result or {}))
 
     def on_experiment_end(self, trials, **info):
-        self._submit("orphan clean-up", "remove_orphans", {t.trial_id for t in trials})
+        ids = {t.trial_id for t in trials}
+        if not self._restore_checked:  # no step ran (a finished study resumed): the same check
+            self._restore_checked = True
+            self._restore_failed = bool(recorded_trial_ids(self.study.dir) - ids)
+        if not self._restore_failed:  # after a lost restore every run stays as it is
+            self._submit("orphan clean-up", "remove_orphans", ids)
         self.drain()
+        if self._restore_failed:
+            check_restored(self.study.dir, ids)
 
 
 def replay(study: Study) -> dict[str, int]:
-    """Replay the study folder's Tune results (read with Tune's ExperimentAnalysis) through the writer: missing
-    runs created, missing epochs logged, ended trials closed. Idempotent: logged epochs are skipped."""
-    from ray.tune import ExperimentAnalysis
-
-    connect(study.info["tracking_uri"])
+    """Replay the trials of the study folder's last Tune experiment state through the writer, from JSON files
+    only (`study.folder`: never Tune's pickles): missing runs created, missing epochs logged, ended trials
+    closed. Idempotent: logged epochs are skipped."""
     writer, epochs = TrialWriter(study), study.config.trial_config().epochs
-    analysis = ExperimentAnalysis(str(study.tune_dir))
     counts = {"trials": 0, "epochs_logged": 0, "closed": 0}
-    for trial in analysis.trials:
-        rows = analysis.trial_dataframes.get(trial.trial_id)
-        if rows is None or rows.empty:
+    for trial in tune_trials(study.tune_dir):
+        records = trial.results()
+        if not records:
             continue
         counts["trials"] += 1
         writer.run_for(trial.trial_id, trial.config)
         before = writer.logged_epochs(trial.trial_id)
-        records = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-                   for row in rows.to_dict("records")]
         for record in records:
             writer.log_result(trial.trial_id, trial.config, record)
         counts["epochs_logged"] += writer.logged_epochs(trial.trial_id) - before
@@ -301,7 +359,12 @@ def replay(study: Study) -> dict[str, int]:
         if trial.status == "ERROR":
             writer.close(trial.trial_id, trial.config, "failed", last_error_line(trial.error_file), last)
         elif trial.status == "TERMINATED" or last.get("diverged") or int(last.get("training_iteration", 0)) >= epochs:
-            writer.close(trial.trial_id, trial.config, *trial_status(last, epochs), last)
+            status = trial_status(last, epochs)
+            if status[0] == "finished" and trial.config.get("role") in PREDICTION_ROLES:
+                folder = trial.last_checkpoint()
+                writer.log_predictions(trial.trial_id, trial.config,
+                                       None if folder is None else Checkpoint.from_directory(str(folder)))
+            writer.close(trial.trial_id, trial.config, *status, last)
         else:
             continue
         counts["closed"] += 1

@@ -24,6 +24,8 @@ DYNAMICS = {
     "cal": ["cal_w_audio", "cal_w_visual"],
     "reconboost": ["reconboost_turn_audio", "reconboost_turn_visual", "reconboost_boost_rate"],
     "mla": ["mla_weight_audio", "mla_weight_visual", "mla_grad_ratio_audio", "mla_loss_visual"],
+    "ume": ["ume_loss_audio", "ume_loss_visual"],
+    "umt": ["umt_distilling", "umt_distill_audio", "umt_distill_visual"],  # epoch 2 of 2: distillation
 }
 # fusions a balancer refuses with a one-line error (ReconBoost's learners are the fused head's per-modality blocks)
 REFUSED_FUSIONS = {"reconboost": ("film", "gated")}
@@ -81,9 +83,10 @@ def test_two_modality_methods_refuse_three_modalities(balancer):
         Trainer(build_trial_config(raw))
 
 
-@pytest.mark.parametrize("balancer", ["none", "mm"])
+@pytest.mark.parametrize("balancer", ["none", "mm", "ume", "umt"])
 def test_general_methods_train_on_three_modalities(balancer):
-    raw = {"dataset": {"name": "three_vectors"}, "balancer": {"name": balancer}, "epochs": 1,
+    raw = {"dataset": {"name": "three_vectors"}, "balancer": {"name": balancer},
+           "epochs": 2 if balancer == "umt" else 1,  # UMT: a teacher epoch, then a distillation epoch
            "optim": {"batch_size": 8}}
     result = Trainer(build_trial_config(raw)).fit()
     assert {"test_acc_text", "test_acc_audio", "test_acc_visual"} <= set(result["best"])

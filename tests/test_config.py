@@ -152,7 +152,7 @@ def test_the_searcher_plans_baseline_then_search_then_confirms_the_top_k_once(tm
     assert [(c["role"], c["confirms"], c["seeds"]) for c in confirms] == [("confirm", "t2", [5, 6]),
                                                                            ("confirm", "t3", [5, 6])]
     assert confirms[0]["point"] == search[1]["point"] and searcher.suggest("t6") == Searcher.FINISHED
-    restored = StudySearcher([])
+    restored = StudySearcher.for_study(cfg, cfg.study_dir())
     restored.restore(str(tmp_path / "state.pkl"))  # the state before t3 ended: no baseline, no search again
     restored.on_trial_complete("t3", {"train_loss": 0.3, "training_iteration": 2})
     assert [restored.suggest("x")["confirms"], restored.suggest("y")["confirms"]] == ["t2", "t3"]

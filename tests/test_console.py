@@ -58,3 +58,127 @@ def test_console_lines_follow_the_study_metric_and_asha(tmp_path, ray_local):
     final = text.strip().splitlines()[-1]
     assert "best val_acc 0.9000" in final and "quality=0.9" in final, final
     assert "Checkpoint" not in text and "train_loss" not in text
+
+
+# ----------------------------------------------------------------------------- the plan and the ETA
+
+def study_cfg(**fields):
+    from study.config import load_study_config
+
+    raw = {"name": "eta", "trial": {"epochs": 6, "balancer": {"name": "redreg"}}, "search_space": "redreg",
+           "num_samples": 4, "seeds": [0], "asha": {"grace_period": 2, "reduction_factor": 3},
+           "baseline": {"seeds": [10, 11, 12]}, "confirm": {"top_k": 2, "seeds": [10, 11, 12]}}
+    return load_study_config(None, raw={**raw, **fields})
+
+
+def test_asha_expectation_by_hand():
+    from study.console import StudyPlan
+    from study.search import asha_rungs
+
+    assert asha_rungs(12, 2, 3) == (2, 6) and asha_rungs(8, 2, 2) == (2, 4) and asha_rungs(6, 2, 3) == (2,)
+    assert asha_rungs(10, 2, 1.5) == (2, 3, 5, 7) and asha_rungs(12, 9, 3) == (9,)  # judged at the first epoch past 4.5
+    plan = StudyPlan(12, {"search": 10, "baseline": 1}, {"search": 1, "baseline": 3}, (2, 6), 3.0)
+    assert plan.expected_epochs("search") == pytest.approx(2 + 4 / 3 + 6 / 9)  # the quickstart: 4 epochs
+    assert plan.expected_epochs("search", reached=2) == pytest.approx(6 + 6 / 3)  # past rung 2: surely to 6
+    assert plan.expected_epochs("search", reached=7) == 12 and plan.expected_epochs("baseline") == 12
+    assert plan.seed_epochs() == pytest.approx(10 * 4 + 3 * 12)
+
+
+@pytest.mark.parametrize("config", ["quickstart", "smoke", "redreg_sensitivity", "compare_synthetic",
+                                    "benchmark_synthetic"])
+def test_the_plan_has_the_trials_the_searcher_runs(config, tmp_path):
+    """study_plan reads the config only; its trial count must be what the study's searcher hands Tune."""
+    from study.config import load_study_config
+    from study.console import study_plan
+    from study.runner import study_searcher
+
+    cfg = load_study_config(f"study/configs/{config}.yaml", [f"storage_path={tmp_path}"])
+
+    class Folder:  # the searcher needs only the study folder (its Optuna journal)
+        config, dir = cfg, tmp_path
+
+    assert study_plan(cfg).total == study_searcher(Folder).total()
+
+
+def test_plan_of_a_search_counts_every_role_with_its_own_seeds():
+    from study.console import study_plan
+
+    plan = study_plan(study_cfg())
+    assert plan.trials == {"baseline": 1, "search": 4, "confirm": 2}
+    assert plan.seeds == {"baseline": 3, "search": 1, "confirm": 3} and plan.rungs == (2,)
+    assert study_plan(study_cfg(scheduler="none")).rungs == ()
+    grid = study_plan(study_cfg(mode="sensitivity", confirm={"top_k": 0}, seeds=[0, 1]))
+    assert grid.rungs == () and grid.trials["sensitivity"] == 30 and grid.seeds["sensitivity"] == 2
+
+
+class ScriptedTrial:
+    def __init__(self, trial_id, role, seeds, quality=0.5):
+        self.trial_id, self.last_result = trial_id, {}
+        self.config = {"point": {"balancer.gamma": quality}, "role": role, "seeds": list(seeds)}
+
+    def __str__(self):
+        return self.trial_id
+
+
+def test_eta_counts_seed_epochs_of_every_role_and_reaches_zero():
+    """A scripted study (baseline, four ASHA search trials, two confirmations) on a fake clock where one
+    seed-epoch takes 0.5 s: the ETA is the work left x 0.5 s, falls from trial to trial and ends at 0; done
+    counts every ended trial (finished, pruned, diverged, failed)."""
+    from study.console import study_plan
+
+    now = [100.0]
+    out = io.StringIO()
+    console = StudyConsole("eta", "val_acc", "max", plan=study_plan(study_cfg()), out=out, every_s=0.0,
+                           clock=lambda: now[0])
+
+    def run(trial, epochs, end="complete"):
+        console.on_trial_start(0, [], trial)
+        for epoch in range(1, epochs + 1):
+            now[0] += 0.5 * len(trial.config["seeds"])
+            trial.last_result = {"training_iteration": epoch, "val_acc": 0.5, "best_val_acc": 0.5}
+            if end == "diverged" and epoch == epochs:
+                trial.last_result = {"training_iteration": epoch, "diverged": 1.0, "val_acc": float("nan")}
+            console.on_trial_result(0, [], trial, trial.last_result)
+        if end == "error":
+            console.on_trial_error(0, [], trial)
+        else:
+            console.on_trial_complete(0, [], trial)
+        return console.eta(), console.summary_line()
+
+    assert console.eta() is None  # nothing trained yet: no rate
+    search = 4 * (2 + 4 / 3)  # four search trials not started, each expected to run 2 + (6 - 2) / 3 epochs
+    eta, line = run(ScriptedTrial("base", "baseline", [10, 11, 12]), 6)
+    assert eta == pytest.approx(0.5 * (search + 2 * 3 * 6)), line  # 18 seed-epochs in 9 s; confirmations 3 x 6 each
+    assert "done 1/7" in line and "ETA ~25s (18/67 seed-epochs)" in line, line
+    etas = [eta]
+    for trial, epochs, end in ((ScriptedTrial("s1", "search", [0], 0.9), 6, "complete"),
+                               (ScriptedTrial("s2", "search", [0], 0.2), 2, "complete"),  # ASHA stops it: pruned
+                               (ScriptedTrial("s3", "search", [0], 0.8), 6, "complete"),
+                               (ScriptedTrial("s4", "search", [0], 0.1), 1, "diverged"),
+                               (ScriptedTrial("c1", "confirm", [10, 11, 12]), 6, "complete"),
+                               (ScriptedTrial("c2", "confirm", [10, 11, 12]), 3, "error")):
+        eta, line = run(trial, epochs, end)
+        etas.append(eta)
+    assert all(later < earlier for earlier, later in zip(etas, etas[1:])), etas
+    assert etas[-1] == 0 and "done 7/7" in line and "pruned 1" in line and "failed 2" in line, line
+    assert "ETA ~0s" in line, line
+    console.on_experiment_end([])
+    assert console.eta() == 0 and "ETA ~0s" in out.getvalue().strip().splitlines()[-1]
+
+
+def test_eta_of_a_running_trial_follows_its_rungs():
+    from study.console import study_plan
+
+    now = [0.0]
+    console = StudyConsole("eta", "val_acc", "max", plan=study_plan(study_cfg(confirm={"top_k": 0})),
+                           clock=lambda: now[0], out=io.StringIO())
+    trial = ScriptedTrial("s1", "search", [0])
+    console.on_trial_start(0, [], trial)
+    now[0] = 1.0
+    console.on_trial_result(0, [], trial, {"training_iteration": 1})
+    waiting = 3 * (2 + 4 / 3) + 1 * 3 * 6  # three search trials and the baseline not started
+    assert console.work() == (1, pytest.approx(1 + 4 / 3 + waiting))  # before rung 2: surely to 2, then 4/3 more
+    now[0] = 3.0
+    console.on_trial_result(0, [], trial, {"training_iteration": 3})
+    assert console.work() == (3, pytest.approx(3 + waiting))  # past rung 2 (promoted): to the budget, 6
+    assert console.eta() == pytest.approx(3 + waiting)  # 1 seed-epoch per second

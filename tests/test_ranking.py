@@ -34,42 +34,36 @@ def test_rank_trials_uses_the_best_epoch_and_puts_complete_trials_first():
 
 
 def test_the_searcher_confirms_by_the_best_epoch_not_the_last():
-    from study.search import StudySearcher
+    from study.search import MethodSearch, StudySearcher
 
-    searcher = StudySearcher([], num_samples=0, top_k=2, confirm_seeds=[9], metric="val_acc", mode="max", epochs=3)
+    searcher = StudySearcher([MethodSearch("")], top_k=2, confirm_seeds=[9], metric="val_acc", mode="max", epochs=3)
     for tid in LAST:
-        searcher.open_search[tid] = {"balancer.gamma": BEST[tid]}
+        searcher._opened(tid, "", {"balancer.gamma": BEST[tid]})
         searcher.on_trial_complete(tid, {"val_acc": LAST[tid], "best_val_acc": BEST[tid],
                                          "training_iteration": EPOCHS[tid]})
     confirms = [searcher.suggest("x"), searcher.suggest("y")]
     assert [c["confirms"] for c in confirms] == ["b", "a"]  # by last value it was s, a; s was stopped early
+    assert [c["confirm_rank"] for c in confirms] == [1, 2]
     assert confirms[0]["point"] == {"balancer.gamma": 0.95} and confirms[0]["seeds"] == [9]
 
 
-@pytest.mark.parametrize("kind", ["search", "benchmark"])
-def test_a_diverged_search_trial_is_never_confirmed(kind):
-    """A trial that diverged at its last epoch still carries a finite best_val_acc from before; both
-    searchers leave it out of the confirmation candidates (study.search.confirmable_values)."""
-    from study.benchmark import BenchmarkSearcher
-    from study.search import StudySearcher
+@pytest.mark.parametrize("method", ["", "m"])
+def test_a_diverged_search_trial_is_never_confirmed(method):
+    """A trial that diverged at its last epoch still carries a finite best_val_acc from before; the searcher
+    leaves it out of the confirmation candidates (study.search.confirmable_values), for a search study's one
+    method and a benchmark's methods alike."""
+    from study.search import MethodSearch, StudySearcher
 
-    if kind == "search":
-        searcher = StudySearcher([], num_samples=0, top_k=2, confirm_seeds=[9], metric="val_acc", mode="max",
-                                 epochs=3)
-    else:
-        from types import SimpleNamespace
-
-        told = SimpleNamespace(on_trial_complete=lambda *args, **kwargs: None)  # this test is about confirmation
-        searcher = BenchmarkSearcher([], {"m": told}, {"m": {}}, 0, [0], 2, [9], "val_acc", "max", epochs=3)
-        searcher.owner = {tid: "m" for tid in ("good", "nan")}
-    searcher.open_search = {"good": {"balancer.gamma": 0.5}, "nan": {"balancer.gamma": 2.0}}
+    searcher = StudySearcher([MethodSearch(method)], top_k=2, confirm_seeds=[9], metric="val_acc", mode="max",
+                             epochs=3)
+    searcher._opened("good", method, {"balancer.gamma": 0.5})
+    searcher._opened("nan", method, {"balancer.gamma": 2.0})
     results = {"good": {"val_acc": 0.80, "best_val_acc": 0.80, "training_iteration": 3},
                "nan": {"val_acc": 0.90, "best_val_acc": 0.99, "training_iteration": 3, "diverged": True,
                        "status_reason": "loss is nan at epoch 3"}}
     for tid, result in results.items():
         searcher.on_trial_complete(tid, result)
-    picked = [spec["confirms"] for spec in (searcher.top_configurations() if kind == "search"
-                                            else searcher.top_configurations("m"))]
+    picked = [spec["confirms"] for spec in searcher.top_configurations(method)]
     assert picked == ["good"]
 
 
@@ -133,6 +127,24 @@ def test_table_and_summary_share_one_holm_family_whatever_the_table_shows():
     base_row, family = holm_family(trials[trials["status"] == "finished"], "multimodal")
     assert base_row["trial_id"] == "base" and sorted(family) == ["a", "b", "c"]
     assert [family[t].p_adjusted for t in "abc"] == pytest.approx(expected)
+
+
+def test_a_confirmation_that_diverged_counts_in_the_holm_family_as_a_failed_test():
+    """A planned comparison without a result is a test that failed (p = 1), never one left out: the family of a
+    search with a diverged confirmation is one larger; a diverged search trial (a proposal) does not count."""
+    lost = _row("lost", "confirm", float("nan"), float("nan"), [], status="diverged")
+    proposal = _row("prop", "search", float("nan"), float("nan"), [], status="diverged")
+    trials = _frame([BASE, A, B, C, lost, proposal])
+    base = [0.80, 0.82, 0.81]
+    raw = [stats.ttest_ind(x, base, equal_var=False).pvalue for x in ([0.84, 0.86, 0.85], [0.91, 0.92, 0.90],
+                                                                       [0.83, 0.85, 0.84])]
+    expected = holm([*raw, 1.0])
+    assert expected[1] == pytest.approx(4 * raw[1])  # corrected over 4 tests: the diverged one counts
+    _, family = holm_family(trials[trials["status"] == "finished"], "multimodal", ended=trials)
+    assert sorted(family) == ["a", "b", "c", "lost"] and family["lost"].verdict == "diverged"
+    assert [family[t].p_adjusted for t in "abc"] == pytest.approx(expected[:3])
+    table = comparison_table(trials, metric="val_acc", mode="max")
+    assert table.loc[table["trial_id"] == "b", "delta_p"].item() == pytest.approx(expected[1])
 
 
 def test_several_objectives_rank_pareto_fronts_in_the_order_of_the_first_metric():

@@ -186,6 +186,7 @@ def test_report_leads_with_the_confirmed_answer_against_joint_training(tmp_path)
     from scipy import stats
 
     from analysis.plots import sensitivity_figure
+    from analysis.sensitivity import analyse
     from analysis.stats import holm
     from search_spaces import load_space
 
@@ -209,9 +210,12 @@ def test_report_leads_with_the_confirmed_answer_against_joint_training(tmp_path)
     assert_real_png(tmp_path / "out" / "dynamics.png")
     from analysis.report import pick_dynamics_trials
     assert list(pick_dynamics_trials(load_study("roles", tracking_uri=uri), result["summary"].best_trial_id)) == ["c0", "base"]
-    # the sensitivity figure draws joint training as a line at its mean and a band over its 95 % CI
+    # the sensitivity figure draws joint training as a line at its mean and a band over its 95 % CI (of the
+    # study's metric, val_acc, here equal to test_acc: every search trial finished, so at the full budget)
     trials = load_study("roles", tracking_uri=uri)
-    fig = sensitivity_figure(trials, load_space("redreg"), "roles")
+    sens = analyse(trials, trials.attrs["config"], load_space("redreg"), "val_acc", "max")
+    assert sens.kind == "search" and sorted(sens.points["trial_id"]) == ["s0", "s1", "s2"]  # not the confirmations
+    fig = sensitivity_figure(sens, load_space("redreg"), "roles")
     ax = fig.axes[0]
     ci = stats.t.interval(0.95, 2, loc=np.mean(base), scale=stats.sem(base))
     assert any(np.allclose(line.get_ydata(), 100 * np.mean(base)) for line in ax.get_lines())
@@ -240,7 +244,7 @@ def test_a_study_folder_is_read_from_one_tracking_uri_rule(tmp_path):
 
     folder_uri = f"sqlite:///{tmp_path / 'gone.db'}"
     (tmp_path / STUDY_FILE).write_text(json.dumps({"name": "s", "tracking_uri": folder_uri, "experiment_id": "1",
-                                                   "parent_run_id": "p", "config": {}}))
+                                                   "parent_run_id": "p", "config": {"name": "s", "search_space": "redreg"}}))
     assert resolve_study(str(tmp_path)).tracking_uri == study_tracking_uri(str(tmp_path)) == folder_uri
     override = f"sqlite:///{tmp_path / 'other.db'}"
     assert resolve_study(str(tmp_path), override).tracking_uri == study_tracking_uri(str(tmp_path), override) == override

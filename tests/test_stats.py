@@ -185,3 +185,21 @@ def test_the_studys_equivalence_margin_decides_every_verdict_and_its_wording(poi
     table = comparison_table(trials)
     assert table.loc[table["trial_id"] == "c1", "verdict"].item() == verdict
     assert f"Verdict (±{shown:g} pt)" in to_markdown(table)
+
+
+def test_an_accuracy_interval_is_cut_at_its_range_and_a_difference_is_not():
+    """At few seeds a t-interval of an accuracy passes 100 % (the quickstart's collapsed seed: [54, 110]); the
+    tables cut it at the metric's range. The difference to the baseline keeps its full Welch interval."""
+    from analysis.stats import metric_bounds, welch
+    from analysis.tables import seed_stats
+
+    accs = [0.88, 0.89, 0.60]
+    raw = seed_summary(accs)
+    assert raw.ci_high > 1 and raw.ci_low > 0
+    row = pd.Series({f"best_test_acc/seed_{s}": a for s, a in enumerate(accs)})
+    cut = seed_stats(row, "test_acc")
+    assert (cut.mean, cut.std, cut.ci_low, cut.ci_high) == (raw.mean, raw.std, raw.ci_low, 1.0)
+    assert metric_bounds("test_acc_visual") == metric_bounds("best_val_f1") == metric_bounds("test_gap") == (0.0, 1.0)
+    assert metric_bounds("test_imbalance")[0] == 0.0 and metric_bounds("test_shapley_audio") is None
+    d = welch(accs, [0.86, 0.87, 0.86])
+    assert d.ci_high > 0.2 and d.ci_low < -0.3  # a difference spans [-1, 1]: not cut

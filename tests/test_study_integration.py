@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from study.cli import main
 from study.config import load_study_config
 from study.records import list_studies
 from study.runner import resume_study, run_study
@@ -73,6 +74,10 @@ def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local)
     assert baseline.data.params["balancer.name"] == "none" and baseline.data.params["seeds"] == "[0, 1, 2]"
     assert {f"best_test_acc/seed_{s}" for s in (0, 1, 2)} <= set(json.loads(baseline.data.tags["mmstudy.per_seed"]))
     assert baseline.data.tags["mmstudy.status"] == "finished" and baseline.info.status == "FINISHED"
+    for run in [baseline, *roles["confirm"]]:  # confirmed trials keep their best epochs' test predictions
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == \
+            ["predictions/test_predictions.csv"]
+    assert sorted(r.data.tags["mmstudy.confirm_rank"] for r in roles["confirm"]) == ["1", "2"]
     for run in roles["confirm"]:
         assert run.data.params["seeds"] == "[7]" and run.data.tags["mmstudy.status"] == "finished"
         point = json.loads(run.data.tags["mmstudy.point"])
@@ -98,6 +103,11 @@ def test_search_study_logs_one_parent_and_a_child_per_trial(tmp_path, ray_local)
             assert run.info.status == "FINISHED" and len(steps) == 3
     rows = list_studies(str(tmp_path / "runs"))
     assert rows[0]["name"] == "search" and rows[0]["trials"] == 7 and rows[0]["status"] == "finished"
+    # `mmstudy sync` replays every trial, baseline and confirmations (their predictions) included, from JSON only
+    assert main(["sync", str(cfg.study_dir())]) == 0
+    for run in [baseline, *roles["confirm"]]:
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "predictions")] == \
+            ["predictions/test_predictions.csv"]
     # a resume of the finished study adds no second baseline or confirmation
     again = resume_study(cfg.study_dir())
     assert len(again.results) == 7
@@ -127,8 +137,8 @@ def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local
     assert got == expected
     # the report draws these exact grid points (not binned), one line per loss setting
     from analysis import load_study
-    from analysis.plots import sensitivity_curves
     from analysis.report import build_report
+    from analysis.sensitivity import analyse
     from search_spaces import load_space
 
     before = load_study(str(cfg.study_dir())).attrs["config"]
@@ -138,10 +148,11 @@ def test_sensitivity_study_runs_the_exact_one_at_a_time_grid(tmp_path, ray_local
     for study in (str(cfg.study_dir()), "mmstudy/sens"):
         trials = load_study(study, cfg.resolved_tracking_uri())
         assert trials.attrs["config"] == before and len(trials) == 8
-        curves, kind = sensitivity_curves(trials, load_space(trials.attrs["config"]["search_space"]))
-        assert kind == "exact" and set(curves) == {"balancer.gamma", "balancer.beta"}
-        assert set(curves["balancer.gamma"]) == {"multimodal", "multimodal+unimodal"}
-        assert list(curves["balancer.gamma"]["multimodal"]["x"]) == [0.0, 1.0]
+        sens = analyse(trials, trials.attrs["config"], load_space(trials.attrs["config"]["search_space"]))
+        sweeps = {(s.param, s.setting): s for s in sens.sweeps}
+        assert sens.kind == "grid" and set(sens.params) == {"balancer.gamma", "balancer.beta"}
+        assert {s for p, s in sweeps if p == "balancer.gamma"} == {"multimodal", "multimodal+unimodal"}
+        assert list(sweeps[("balancer.gamma", "multimodal")].frame["x"]) == [0.0, 1.0]
     out = build_report(str(cfg.study_dir()), str(tmp_path / "report"), command="mmstudy report sens")
     assert "sensitivity.png" in out["files"] and "importance.png" not in out["files"]
     assert "high: 2" in (tmp_path / "report" / "report.md").read_text()
@@ -240,6 +251,7 @@ def kill_and_resume(tmp_path):
         assert after[trial] == lines, f"{trial} was re-run"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     _, runs = children(client, tmp_path / "runs" / "killed")
+    runs = [r for r in runs if r.data.tags["mmstudy.status"] != "orphaned"]  # kept when it holds results
     assert len(runs) == 8 and len({r.data.tags["mmstudy.trial_id"] for r in runs}) == 8
     for run in runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
@@ -267,9 +279,9 @@ def test_debug_from_run_reproduces_a_trials_exact_config(tmp_path, ray_local):
     run_study(cfg)
     client = MlflowClient(cfg.resolved_tracking_uri())
     _, runs = children(client, cfg.study_dir())
-    for each in runs:  # log_checkpoint: best -- the best epoch's weights on every trial run
+    for each in runs:  # log_checkpoint: best -- the best epoch's weights (and test predictions) on every trial run
         assert [a.path for a in client.list_artifacts(each.info.run_id, "best_checkpoint")] == \
-            ["best_checkpoint/seed_0.pt"]
+            ["best_checkpoint/seed_0.pt", "best_checkpoint/test_predictions.csv"]
     run = runs[0]
     out = tmp_path / "debug"
     assert main(["debug", "--from-run", run.info.run_id, "--tracking-uri", cfg.resolved_tracking_uri(),

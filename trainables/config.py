@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,9 +18,10 @@ from trainables.errors import ConfigError
 
 
 class Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, values are checked on assignment."""
+    """Base for config sections: unknown keys are errors, numbers are finite (no NaN or infinity), values are
+    checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ComponentSpec(Strict):
@@ -95,6 +97,9 @@ class TrialConfig(Strict):
                 "model.unimodal_head: 'fused_block' needs model.fusion in ['concat', 'sum', 'late'] "
                 f"(got fusion '{self.model.fusion}'); use 'separate'"
             )
+        from trainables.balancers.registry import balancer_class
+
+        balancer_class(self.balancer.name).check_trial(self)  # what this method cannot run, before any record
         return self
 
     def dataset_params(self) -> BaseModel:
@@ -114,9 +119,13 @@ class TrialConfig(Strict):
 def _validated_component(spec: ComponentSpec, params_model: type[BaseModel], field: str) -> ComponentSpec:
     """Validate a plug-in's params and store them fully resolved (defaults filled in)."""
     try:
-        params = params_model(**spec.params())
+        params = params_model.model_validate(spec.params())
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, prefix=field, model=params_model)) from None
+    for key, value in flatten(params.model_dump()).items():  # a plug-in's own model may let NaN or inf through
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{field}.{key}: must be a finite number (got {value!r})")
     return ComponentSpec(name=spec.name, **params.model_dump(mode="json"))
 
 
@@ -161,10 +170,14 @@ def read_yaml(path: str | Path, field: str) -> Any:
     """A YAML file read with the safe loader (never evaluated); a missing or malformed file is a one-line
     ConfigError naming `field`."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        text = path.read_text() if path.is_file() else None
+    except (OSError, ValueError) as err:  # unreadable, a name too long or with a NUL byte, not UTF-8
+        raise ConfigError(f"{field}: cannot read '{path}' ({type(err).__name__}: {str(err)[:200]})") from None
+    if text is None:
         raise ConfigError(f"{field}: no such file '{path}'")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{field}: {path} is not valid YAML ({str(err).splitlines()[0]})") from None
 
@@ -245,6 +258,6 @@ def build_trial_config(raw: dict[str, Any] | None = None, overrides: list[str] |
     if not isinstance(tree, dict):
         raise ConfigError("config: expected a mapping of fields")
     try:
-        return TrialConfig(**tree)
+        return TrialConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model=TrialConfig)) from None

@@ -136,6 +136,10 @@ class Trainer:
         probe_inputs, probe_labels = next(iter(DataLoader(self.data.val, batch_size=min(64, len(self.data.val)))))
         self.dynamics = DynamicsTracker(self._to_device(probe_inputs), probe_labels.to(self.device), seed=cfg.seed)
         self.history: list[dict[str, Any]] = []
+        self.predictions: dict[str, dict[str, torch.Tensor]] = {}  # split -> the latest epoch's label, prediction
+        # the test split's labels and fused predictions at the best validation epoch (`best`'s rule): a paired
+        # per-example comparison of methods needs them, and they travel with the checkpoint
+        self.best_test_predictions: dict[str, torch.Tensor] | None = None
         self.epoch = 0  # next epoch to run (0-based)
         self.balancer.on_fit_start(self.state)
 
@@ -228,6 +232,8 @@ class Trainer:
         record.update(self.balancer.epoch_metrics())
         record["epoch_time_s"] = time.perf_counter() - start
         self.history.append(record)
+        if self.best()["epoch"] == record["epoch"]:
+            self.best_test_predictions = self.predictions["test"]
         self.epoch += 1
         return record
 
@@ -259,6 +265,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         coalitions = CoalitionAccuracy(self.modalities)
         fused, uni, labels = self.predict(split, coalitions)
+        self.predictions[split] = {"label": labels, "prediction": fused}
         out = {"acc": accuracy(fused, labels), "f1": macro_f1(fused, labels, self.data.num_classes)}
         out.update({f"acc_{m}": accuracy(p, labels) for m, p in uni.items()})
         out.update(coalitions.metrics())  # shapley_<m>, imbalance (trainables.contribution)
@@ -284,7 +291,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "balancer": self.balancer.state_dict(), "epoch": self.epoch, "step": self.state.step,
             "history": self.history, "dynamics_prev": self.dynamics.prev, "rng": rng_state(),
-            "grad_scaler": self.precision.state_dict(),
+            "grad_scaler": self.precision.state_dict(), "best_test_predictions": self.best_test_predictions,
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -296,6 +303,7 @@ class Trainer:
         self.epoch, self.state.step, self.history = sd["epoch"], sd["step"], list(sd["history"])
         self.dynamics.prev = dict(sd["dynamics_prev"])
         self.precision.load_state_dict(sd.get("grad_scaler", {}))
+        self.best_test_predictions = sd.get("best_test_predictions")  # absent in checkpoints before issue 24
         if "rng" in sd:  # torch, NumPy and Python streams (checkpoints before issue 17 hold torch's only)
             set_rng_state(sd["rng"])
         else:

@@ -6,6 +6,8 @@ trainer state, so a paused, failed or restored trial continues where it stopped.
 """
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
 import statistics
@@ -15,13 +17,17 @@ from typing import Any
 from ray import tune
 
 from search_spaces import apply_point
-from trainables.config import TrialConfig, build_trial_config
+from trainables.config import TrialConfig, build_trial_config, unflatten
 from trainables.data.base import DatasetBundle
 from trainables.metrics import modality_gap
 from trainables.provenance import collect, to_json
 from trainables.trainer import Trainer, TrialDiverged
 
 SPREAD_KEYS = ("val_acc", "test_acc", "val_f1", "test_f1")
+# Each trial checkpoint's per-example test predictions at every seed's best validation epoch (the MLflow writer
+# logs them as `predictions/test_predictions.csv` for confirmed trials); `example` indexes that seed's test split.
+PREDICTIONS_FILE = "test_predictions.csv"
+PREDICTION_COLUMNS = ("seed", "example", "label", "prediction")
 
 
 def trial_point(config: dict[str, Any]) -> dict[str, Any]:
@@ -29,9 +35,16 @@ def trial_point(config: dict[str, Any]) -> dict[str, Any]:
     return dict(config.get("point", config))
 
 
-def trial_configs(base: dict[str, Any], point: dict[str, Any], seeds: list[int]):
+def seed_overrides(seed: int, per_seed_keys: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """What one seed sets in a trial config: the training seed, and every key in `per_seed_keys` (the spec's;
+    `dataset.seed` under `data_seed: per_seed`, so each seed is also its own draw of the data)."""
+    return unflatten({"seed": seed, **{key: seed for key in per_seed_keys}})
+
+
+def trial_configs(base: dict[str, Any], point: dict[str, Any], seeds: list[int],
+                  per_seed_keys: list[str] | tuple[str, ...] = ()):
     raw = apply_point(base, point)
-    return [build_trial_config(raw, {"seed": s}) for s in seeds]
+    return [build_trial_config(raw, seed_overrides(s, per_seed_keys)) for s in seeds]
 
 
 def with_gaps(record: dict[str, Any]) -> dict[str, Any]:
@@ -88,15 +101,37 @@ def device_label(device) -> str:
 
 
 def build_trainers(configs: list[TrialConfig], data: DatasetBundle | None = None) -> list[Trainer]:
-    """One trainer per seed on one dataset, built before any trainer seeds itself (as under Tune, where the
-    driver builds the data), so `mmstudy debug --from-run` starts from the trial's exact state."""
-    if data is not None and data.spec and data.spec != configs[0].to_dict()["dataset"]:
-        data = None  # this trial varies the dataset: build it once here, for all its seeds
-    if data is None:
-        from trainables.data.registry import build_dataset
+    """One trainer per seed, every dataset built before any trainer seeds itself (as under Tune, where the
+    driver builds the data), so `mmstudy debug --from-run` starts from the trial's exact state. Seeds with the
+    same dataset config share one build (`data` when it was built from it); a trial that varies the dataset, or
+    whose seeds draw their own data, builds each one once here."""
+    from trainables.data.registry import build_dataset
 
-        data = build_dataset(configs[0].dataset.name, configs[0].dataset_params())
-    return [Trainer(cfg, data=data) for cfg in configs]
+    built: dict[str, DatasetBundle] = {}
+    if data is not None and data.spec:
+        built[json.dumps(data.spec, sort_keys=True)] = data
+    chosen = []
+    for cfg in configs:
+        key = json.dumps(cfg.to_dict()["dataset"], sort_keys=True)
+        if data is not None and not data.spec:
+            chosen.append(data)  # data without a spec: the caller's own, for every seed
+            continue
+        if key not in built:
+            built[key] = build_dataset(cfg.dataset.name, cfg.dataset_params())
+        chosen.append(built[key])
+    return [Trainer(cfg, data=bundle) for cfg, bundle in zip(configs, chosen)]
+
+
+def write_predictions(trainers: list[Trainer], seeds: list[int], path: str) -> None:
+    """Every seed's test labels and fused predictions at its best validation epoch, one row per example."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PREDICTION_COLUMNS)
+        for seed, trainer in zip(seeds, trainers):
+            best = trainer.best_test_predictions
+            if best is not None:
+                writer.writerows((seed, i, y, p) for i, (y, p) in
+                                 enumerate(zip(best["label"].tolist(), best["prediction"].tolist())))
 
 
 def lockstep_epoch(trainers: list[Trainer], seeds: list[int]) -> dict[str, Any]:
@@ -109,7 +144,8 @@ def lockstep_epoch(trainers: list[Trainer], seeds: list[int]) -> dict[str, Any]:
 def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds: list[int] | None = None,
               data: DatasetBundle | None = None, checkpoint_every: int = 1, metric: str = "val_acc") -> None:
     seeds = seeds or [0]
-    trainers = build_trainers(trial_configs(base or {}, point=trial_point(config), seeds=seeds), data)
+    trainers = build_trainers(trial_configs(base or {}, point=trial_point(config), seeds=seeds,
+                                            per_seed_keys=config.get("per_seed_keys", ())), data)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -137,4 +173,5 @@ def run_trial(config: dict[str, Any], base: dict[str, Any] | None = None, seeds:
         with tempfile.TemporaryDirectory() as folder:
             for seed, trainer in zip(seeds, trainers):
                 trainer.save(os.path.join(folder, f"seed_{seed}.pt"))
+            write_predictions(trainers, seeds, os.path.join(folder, PREDICTIONS_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

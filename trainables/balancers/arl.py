@@ -91,6 +91,7 @@ class ARLParams(BaseModel):
 
 class ARL(Balancer):
     name = "arl"
+    adds_unimodal_supervision = True  # CE(f(z_m, 0), y) per modality, weight g, under both loss settings
     Params = ARLParams
     two_modalities_only = True  # the asymmetric weights pair each modality with the other one
 

@@ -81,6 +81,10 @@ class Balancer:
     # > 0: the trainer holds out this seeded fraction of the training split (State.holdout_loader) and
     # trains on the rest.
     holdout_fraction: float = 0.0
+    # True when the method itself trains the encoders with a supervised loss on each modality alone, under any
+    # loss_setting (every method does under `multimodal+unimodal`): the benchmark report marks such rows, since
+    # joint training with the multimodal loss alone is then not a like-for-like reference.
+    adds_unimodal_supervision: bool = False
 
     def __init__(self, params: BaseModel, modalities: list[str]):
         if self.two_modalities_only and len(modalities) != 2:
@@ -104,6 +108,11 @@ class Balancer:
     def rand(self) -> float:
         """One uniform draw in [0, 1) from `generator`."""
         return float(torch.rand((), generator=self.generator))
+
+    @classmethod
+    def check_trial(cls, trial) -> None:
+        """Refuse, when the trial config is validated (before any study record or Ray), a trial this method
+        cannot run: raise ValueError('<field>: ... (allowed: ...)'). `trial` is the TrialConfig being built."""
 
     # --- modules the balancer owns (trained with the model, applied at evaluation too) ---
     def bind_model(self, model: nn.Module) -> None:

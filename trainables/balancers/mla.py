@@ -102,6 +102,7 @@ class MLAParams(BaseModel):
 
 class MLA(Balancer):
     name = "mla"
+    adds_unimodal_supervision = True  # each encoder is trained only by CE(shared head(z_m), y), in its turn
     Params = MLAParams
 
     def __init__(self, params: MLAParams, modalities: list[str]):

@@ -114,6 +114,7 @@ class PMRParams(BaseModel):
 
 class PMR(Balancer):
     name = "pmr"
+    adds_unimodal_supervision = True  # alpha * CE(prototype logits of z_m, y) for the weaker modality
     Params = PMRParams
     two_modalities_only = True  # the ratio s_a / s_v picks one of two modalities
 

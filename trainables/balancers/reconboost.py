@@ -68,6 +68,7 @@ class ReconBoostParams(BaseModel):
 
 class ReconBoost(Balancer):
     name = "reconboost"
+    adds_unimodal_supervision = True  # each learner f_m(z_m) is trained on the labelled boosting loss alone
     Params = ReconBoostParams
 
     def __init__(self, params: ReconBoostParams, modalities: list[str]):
@@ -91,14 +92,14 @@ class ReconBoost(Balancer):
         return [m for m in self.modalities if m in done]
 
     # ------------------------------------------------------------------ modules
-    def bind_model(self, model: nn.Module) -> None:
-        if not model.fusion.supports_block_logits:
-            from trainables.errors import ConfigError
-            from trainables.models.fusion import FUSIONS
+    @classmethod
+    def check_trial(cls, trial) -> None:
+        from trainables.models.fusion import FUSIONS
 
-            name = next((k for k, v in FUSIONS.items() if type(model.fusion) is v), type(model.fusion).__name__)
-            raise ConfigError(f"model.fusion: '{name}' has no per-modality block to serve as ReconBoost's learner; "
-                              "allowed with balancer 'reconboost': concat, sum, late")
+        if not FUSIONS[trial.model.fusion].supports_block_logits:
+            allowed = ", ".join(k for k, v in FUSIONS.items() if v.supports_block_logits)
+            raise ValueError(f"model.fusion: '{trial.model.fusion}' has no per-modality block to serve as "
+                             f"ReconBoost's learner; allowed with balancer 'reconboost': {allowed}")
 
     def extra_modules(self) -> nn.Module:
         return self.rate

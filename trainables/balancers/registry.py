@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import re
 
 from trainables.balancers.base import Balancer
+from trainables.balancers.plugin_trust import check_import
 from trainables.errors import ConfigError
+
+# An importable absolute module path: identifiers joined by dots (no relative or empty module).
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 _BUILTIN = {
     "none": "trainables.balancers.none:NoBalancer",
@@ -23,6 +28,8 @@ _BUILTIN = {
     "gblend": "trainables.balancers.gblend:GBlend",
     "mla": "trainables.balancers.mla:MLA",
     "reconboost": "trainables.balancers.reconboost:ReconBoost",
+    "ume": "trainables.balancers.ume:UME",
+    "umt": "trainables.balancers.umt:UMT",
 }
 
 
@@ -30,14 +37,24 @@ def balancer_names() -> list[str]:
     return sorted(_BUILTIN)
 
 
+def is_plugin_path(name: str) -> bool:
+    """`package.module:ClassName` (anything with a colon that is not a registered name)."""
+    return name not in _BUILTIN and ":" in name
+
+
 def balancer_class(name: str) -> type[Balancer]:
-    target = _BUILTIN.get(name, name if ":" in name else None)
+    target = _BUILTIN.get(name, name if is_plugin_path(name) else None)
     if target is None:
         raise ConfigError(
             f"balancer.name: unknown balancer '{name}'; allowed: {', '.join(balancer_names())} "
             "or 'package.module:ClassName'"
         )
     module_name, _, class_name = target.partition(":")
+    if not (_DOTTED.fullmatch(module_name) and class_name.isidentifier()):
+        raise ConfigError(f"balancer.name: '{name}' is not a plug-in path (allowed: {', '.join(balancer_names())} "
+                          "or 'package.module:ClassName')")
+    if name not in _BUILTIN:
+        check_import(target)  # a path from a record this command did not create is refused before any import
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as err:

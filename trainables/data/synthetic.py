@@ -14,7 +14,7 @@ own: `tiny`/`small` are materialised in memory, `paper` (CREMA-D shapes) is gene
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -34,6 +34,9 @@ _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 class SyntheticParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # The field that seeds the whole draw (prototypes and every split): a study with `data_seed: per_seed` sets
+    # it to each training seed, so the seeds' intervals cover the data draw too (study.config.draw_seed_key).
+    DRAW_SEED: ClassVar[str] = "seed"
     size: Literal["tiny", "small", "paper"] = "tiny"
     num_classes: int = Field(6, ge=2, le=64)
     seed: int = Field(0, ge=0, description="data seed (independent of the training seed)")
