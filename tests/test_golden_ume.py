@@ -3,7 +3,7 @@ every epoch, the same ensemble scores and validation accuracy; and the combinati
 import pytest
 import torch
 
-from golden import run_golden, tiny_config
+from golden import default_dtype, run_golden, tiny_config
 from reference import ume as reference
 from trainables.balancers.ume import ensemble_logits
 from trainables.config import build_trial_config
@@ -27,11 +27,12 @@ def test_ume_matches_separate_unimodal_runs(fusion, head, setting, combine):
     # every epoch trained both unimodal models on their own loss
     assert all(r["ume_loss_audio"] > 0 and r["ume_loss_visual"] > 0 for r in trainer.history)
     # the prediction is the reference's ensemble, and so is the validation accuracy the trainer selects on
-    inputs, labels = _val_inputs(trainer)
-    trainer.model.eval()
-    with torch.no_grad():
-        ours = trainer.balancer.predict_logits(trainer.model, trainer.model.encode(inputs))
-    theirs = reference.ensemble_scores(ref, inputs, combine)
+    with default_dtype():  # the models were built in the golden runs' float64
+        inputs, labels = _val_inputs(trainer)
+        trainer.model.eval()
+        with torch.no_grad():
+            ours = trainer.balancer.predict_logits(trainer.model, trainer.model.encode(inputs))
+        theirs = reference.ensemble_scores(ref, inputs, combine)
     assert float((ours - theirs).abs().max()) <= 1e-6
     acc = float((theirs.argmax(1) == labels).float().mean())
     assert trainer.history[-1]["val_acc"] == pytest.approx(acc)
