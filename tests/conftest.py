@@ -4,7 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread in the test process: the models are tiny, so a second thread costs more than it brings, and
+# on a 2-core machine the other core serves the Ray workers and subprocesses the integration tests start.
+torch.set_num_threads(1)
 
 
 def small_overrides(**extra):

@@ -57,8 +57,8 @@ def pareto_weights(g_mm: torch.Tensor, g_u: torch.Tensor, agree_when: str) -> tu
 
 def rescaled(new: list[torch.Tensor], total_norm: torch.Tensor, gamma: float) -> list[torch.Tensor]:
     """gamma * max(1, |total| / |new|) * new, for the tensors in `new` together (a zero `new` stays zero,
-    where the authors' code gives NaN). Norms stay float32 tensors, as in the authors' code: a golden run
-    of this tiny network is sensitive enough that a float64 ratio moves it off the reference."""
+    where the authors' code gives NaN). Norms are taken in the gradients' own dtype, as in the authors' code
+    (a float64 ratio over float32 gradients moved the tiny float32 golden network off the reference)."""
     new_norm = flat(new).norm()
     ratio = total_norm / new_norm
     if new_norm > 0 and ratio > 1:
