@@ -6,9 +6,10 @@ next user who resumes it.
 The rule: the folder and everything in it that someone else could reach must be owned by the current user (or
 root) and writable by no one else; the storage path and every folder above it must not let anyone else swap
 the folder (owned by you or root, writable only by trusted people, or sticky like /tmp). A group counts as
-trusted when it is the user's private group (Debian's user-private-group scheme: named like the user, no other member) or when the user names
-it with `--shared-group` (a study opened to that group on purpose, `make_study_folder`). A folder nobody else
-can enter (mode 0700, how mmstudy makes them) is checked at its top only.
+trusted when it is the user's private group (Debian's user-private-group scheme: named like the user, no other
+member) or when the user names it with `--shared-group` (a study opened to that group on purpose,
+`make_study_folder`). A folder nobody else can enter (mode 0700, how mmstudy makes them) is checked at its top
+only.
 """
 from __future__ import annotations
 
