@@ -37,3 +37,18 @@ def ray_local():
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     yield
     ray.shutdown()
+
+
+_SUMMARY_LINES: list[str] = []
+
+
+@pytest.fixture
+def suite_summary():
+    """A line for the end of the test run (pytest's terminal summary, shown with -q too): counts a reader of
+    CI's log should see, such as how many malformed inputs the fuzz test tried."""
+    return _SUMMARY_LINES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _SUMMARY_LINES:
+        terminalreporter.write_line(line)

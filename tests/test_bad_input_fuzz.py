@@ -1,7 +1,7 @@
 """Bad input, generated: malformed dotted overrides, study YAMLs and search spaces, each through the real
 command line in-process (`study.cli.main`). Every one must end the same way: exit status 2, exactly one line
 on stderr starting `mmstudy: error:`, no traceback, and nothing created in the working directory (no study
-folder, no mlflow.db). A seeded generator: the same cases on every run; the count is printed (pytest -s)."""
+folder, no mlflow.db). A seeded generator: the same cases on every run; the count is printed at the end of the run."""
 from __future__ import annotations
 
 import random
@@ -328,7 +328,7 @@ def guarded(monkeypatch):
     monkeypatch.delenv("MMSTUDY_STORAGE", raising=False)
 
 
-def test_every_malformed_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, monkeypatch, capsys, guarded):
+def test_every_malformed_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, monkeypatch, capsys, guarded, suite_summary):
     all_cases = cases()
     failures = []
     for i, (label, argv, files) in enumerate(all_cases):
@@ -357,6 +357,7 @@ def test_every_malformed_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, m
             problems.append(f"created {sorted(created)}")
         if problems:
             failures.append(f"{label}: {'; '.join(problems)}")
-    print(f"\nbad-input fuzz: {len(all_cases)} malformed inputs, {len(all_cases) - len(failures)} refused cleanly")
+    suite_summary(f"bad-input fuzz: {len(all_cases)} malformed inputs, {len(all_cases) - len(failures)} refused "
+                  f"cleanly (exit 2, one line, nothing created)")
     assert not failures, f"{len(failures)} of {len(all_cases)} cases:\n" + "\n".join(failures)
     assert len(all_cases) >= 300
