@@ -51,8 +51,8 @@ def resume_study(study_dir: str | Path, verbose: int = 0, out=None, shared_group
         raise ConfigError(f"study: '{study.dir}' has no restorable Tune experiment (was it started?)")
     from study.search import check_saved_state
 
-    check_saved_state(cfg, study.tune_dir)                   # Tune would restart the study on a bad searcher state
     records.open_existing(study.info["tracking_uri"])       # the study's own store, never a new one
+    check_saved_state(cfg, study.tune_dir)                   # Tune would restart the study on a bad searcher state
     records.expect_restored(study)                           # the trials Tune recorded: a restore that loses one stops
     quiet_tune(verbose)
     with shared_umask(shared_group), ray_session(cfg.ray_address, cfg.resources):

@@ -387,7 +387,7 @@ class StudySearcher(Searcher):
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"study: the searcher state {checkpoint_path} is not this searcher's JSON state "
                               f"({where + ': ' if where else ''}{first['msg'][:120]}); it is never unpickled: "
-                              f"was the study folder written by another version or altered?") from None
+                              f"was the study folder written by another version or altered? Nothing was changed") from None
         unknown = set(state.remaining) - set(self.methods)
         if state.version != STATE_VERSION or unknown:
             raise ConfigError(f"study: the searcher state {checkpoint_path} does not belong to this study "

@@ -110,6 +110,7 @@ def job(head, submission_id) -> dict:
 
 def test_a_study_submitted_as_a_ray_job_records_its_runs_on_the_shared_store(head, project):
     shared = head[2] / "shared"  # stands for storage every node mounts at the same path
+    shared.mkdir(exist_ok=True)
     store = f"sqlite:///{shared}/mlflow.db"
     done = submit(head, project, "mmstudy-smoke", "mmstudy", "run", "study/configs/smoke.yaml",
                   f"storage_path={shared}/studies", "--tracking-uri", store, *SMALL)

@@ -345,7 +345,7 @@ def test_a_trial_killed_mid_run_resumes_to_the_uninterrupted_numbers(tmp_path):
         pass
     assert at_kill and max(at_kill) < 5, (at_kill, (tmp_path / "driver.log").read_text()[-2000:])
     resume = subprocess.run([sys.executable, "-m", "study.cli", "resume", str(tmp_path / "runs" / "killed1"),
-                             "--verbose", "0"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
+                             "--verbose", "0", "--allow-plugin"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)
     assert resume.returncode == 0, resume.stdout[-3000:] + resume.stderr[-3000:]
     results = [json.loads(line) for result in tune_dir.glob("*/result.json")
                for line in result.read_text().splitlines() if line.strip()]
@@ -361,7 +361,7 @@ def test_a_trial_killed_mid_run_resumes_to_the_uninterrupted_numbers(tmp_path):
     # the uninterrupted run: the same config from its MLflow run, in one go, with the trial's thread count
     out = tmp_path / "uninterrupted"
     assert main(["debug", "--from-run", run.info.run_id, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--allow-plugin"]) == 0
     history = json.loads((out / "metrics.json").read_text())["history"]
     for key in COMPARED:
         logged = _mlflow_history(client, run.info.run_id, key)
