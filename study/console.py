@@ -222,24 +222,38 @@ class StudyConsole(Callback):
         return " | ".join(parts)
 
     # ------------------------------------------------------------------ Tune events
+    def _adopt(self, trial) -> None:
+        """A trial this process did not start from scratch (a resume restored it, ended or from its checkpoint):
+        counted with the epochs it had run, which were trained before this process and stay out of its rate."""
+        last = trial.last_result or {}
+        epochs = last.get("training_iteration")
+        epochs = epochs if isinstance(epochs, int) else 0
+        seeds = len(trial.config.get("seeds") or [0])
+        self.progress[trial.trial_id] = (trial.config.get("role", "search"), seeds, epochs)
+        self.work_before += seeds * epochs
+        self._remember(trial, last)
+
+    def _remember(self, trial, result: dict) -> None:
+        """An own trial's latest values, a candidate for "best" (the baseline and confirmations are not)."""
+        if trial.config.get("role", "search") not in OWN_ROLES or not result:
+            return
+        keys = (self.metric, f"best_{self.metric}", "training_iteration")
+        values = {k: float(result[k]) for k in keys if isinstance(result.get(k), (int, float))}
+        self.seen[str(trial)] = (values, trial_point(trial.config))
+
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
         if self.first_start is None:
             self.first_start = self.clock()
             self.work_before = self.work()[0]
-        if trial.trial_id not in self.progress:  # (a trial restored from its checkpoint keeps its epochs)
-            self.progress[trial.trial_id] = (trial.config.get("role", "search"),
-                                             len(trial.config.get("seeds") or [0]), 0)
+        if trial.trial_id not in self.progress:
+            self._adopt(trial)  # a new trial has no result yet: 0 epochs
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         role = trial.config.get("role", "search")
         if isinstance(result.get("training_iteration"), int):
             self.progress[trial.trial_id] = (role, len(trial.config.get("seeds") or [0]), result["training_iteration"])
-        if role not in OWN_ROLES:  # the baseline and confirmations are not candidates
-            return
-        keys = (self.metric, f"best_{self.metric}", "training_iteration")
-        values = {k: float(result[k]) for k in keys if isinstance(result.get(k), (int, float))}
-        self.seen[str(trial)] = (values, trial_point(trial.config))
+        self._remember(trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -260,13 +274,25 @@ class StudyConsole(Callback):
         self._print("  ".join(p for p in (f"{status:>8} {trial}", shown, epochs, point,
                                             reason if status != "finished" else "") if p))
 
+    def _count_restored(self, trials) -> None:
+        """The trials a resumed study had already ended: Tune restores them without an event, so `done`, `best`
+        and the ETA would otherwise start from nothing after `mmstudy resume`."""
+        for trial in trials:
+            if trial.trial_id not in self.progress and trial.status in ("TERMINATED", "ERROR"):
+                self._adopt(trial)
+                last = trial.last_result or {}
+                self.ended[trial.trial_id] = "failed" if trial.status == "ERROR" else \
+                    trial_status(last, self.epochs or int(last.get("training_iteration", 0)))[0]
+
     def on_step_end(self, iteration, trials, **info):
+        self._count_restored(trials)
         now = self.clock()
         if now - self.last_print >= self.every_s:
             self.last_print = now
             self._print(self.summary_line())
 
     def on_experiment_end(self, trials, **info):
+        self._count_restored(trials)
         self.experiment_ended = True
         self._print(self.summary_line())
 

@@ -113,7 +113,7 @@ def test_plan_of_a_search_counts_every_role_with_its_own_seeds():
 
 class ScriptedTrial:
     def __init__(self, trial_id, role, seeds, quality=0.5):
-        self.trial_id, self.last_result = trial_id, {}
+        self.trial_id, self.last_result, self.status = trial_id, {}, "PENDING"
         self.config = {"point": {"balancer.gamma": quality}, "role": role, "seeds": list(seeds)}
 
     def __str__(self):
@@ -182,3 +182,48 @@ def test_eta_of_a_running_trial_follows_its_rungs():
     console.on_trial_result(0, [], trial, {"training_iteration": 3})
     assert console.work() == (3, pytest.approx(3 + waiting))  # past rung 2 (promoted): to the budget, 6
     assert console.eta() == pytest.approx(3 + waiting)  # 1 seed-epoch per second
+
+
+class FakeClock:
+    """A clock that pickles with the console, as Tune pickles it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_resumed_study_counts_what_it_had_done_before():
+    """After `mmstudy resume` Tune restores ended trials without an event: the console (unpickled from the
+    study's tuner.pkl, as Tune hands it back) still counts them as done, keeps the best of them, and its rate
+    counts only what this process trains."""
+    import pickle
+
+    from study.console import study_plan
+
+    before = StudyConsole("eta", "val_acc", "max", plan=study_plan(study_cfg()), out=io.StringIO(), every_s=0.0,
+                          clock=FakeClock())
+    console = pickle.loads(pickle.dumps(before))  # what the resumed driver gets: the state of the study's start
+    console.out = out = io.StringIO()
+    ended = []
+    for trial_id, role, seeds, epochs, status in (("base", "baseline", [10, 11, 12], 6, "TERMINATED"),
+                                                 ("s1", "search", [0], 6, "TERMINATED"),
+                                                 ("s2", "search", [0], 2, "TERMINATED"),
+                                                 ("s3", "search", [0], 1, "ERROR")):
+        trial = ScriptedTrial(trial_id, role, seeds, quality=0.9 if trial_id == "s1" else 0.2)
+        trial.status, trial.last_result = status, {"training_iteration": epochs, "val_acc": 0.8,
+                                                   "best_val_acc": 0.8 if trial_id == "s1" else 0.3}
+        ended.append(trial)
+    running = ScriptedTrial("s4", "search", [0])
+    running.status, running.last_result = "RUNNING", {"training_iteration": 2, "val_acc": 0.5, "best_val_acc": 0.5}
+    console.on_trial_start(0, ended + [running], running)  # restored from its checkpoint after epoch 2
+    console.on_step_end(0, ended + [running])
+    line = out.getvalue().strip().splitlines()[-1]
+    assert "done 4/7" in line and "running 1" in line and "pruned 1" in line and "failed 1" in line, line
+    assert "best best_val_acc 0.8000 (s1: gamma=0.9)" in line, line
+    assert console.work_before == 18 + 6 + 2 + 1 + 2 and console.eta() is None  # nothing trained here yet
+    console.clock.now = 2.0
+    console.on_trial_result(0, ended + [running], running, {"training_iteration": 3, "val_acc": 0.5})
+    done, left = console.work()
+    assert done == 30 and console.eta() == pytest.approx(2.0 * left)  # one seed-epoch in 2 s, by this process
