@@ -52,11 +52,12 @@ def benchmark_quantities(trials: pd.DataFrame) -> dict[str, str]:
 
 def method_order(trials: pd.DataFrame) -> list[str]:
     """The config's method labels in their order, then any other label the trials carry (the tuned joint
-    baselines), sorted."""
+    baselines, one per loss setting, whether `none` was listed or not), sorted."""
     config = trials.attrs.get("config") or {}
-    from study.methods import label_of, parse_item
+    from study.methods import Method, label_of, parse_item
 
-    labels = [label_of(*parse_item(item)) for item in config.get("methods") or []]
+    listed = [Method(label_of(name, fixed), name, fixed) for name, fixed in map(parse_item, config.get("methods") or [])]
+    labels = [m.label for m in listed if not m.joint_baseline]
     seen = [m for m in trials.get("method", pd.Series(dtype=object)).dropna().unique() if m not in labels]
     return labels + sorted(seen)
 

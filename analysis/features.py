@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import tempfile
 import textwrap
@@ -106,12 +105,13 @@ def trial_features(client, run_id: str, title: str, trial_id: str, data_cache: d
     encoders (and the fusion) in eval mode without gradients."""
     import torch
 
+    from analysis.load import quiet_downloads
     from study.debug import seed_config, trial_from_tags
     from trainables.balancers.plugin_trust import config_from_record
     from trainables.data.base import model_input
     from trainables.trainer import Trainer
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: no progress bars
+    quiet_downloads()
     trial = trial_from_tags(run_id, client.get_run(run_id).data.tags, field="report")  # tags are data, checked
     trial.config = {**trial.config, "compile": False, "device": "auto"}  # on whatever this machine has
     config, seeds = trial.config, trial.seeds

@@ -59,9 +59,14 @@ def resolve_study(study: str, tracking_uri: str | None = None) -> StudyRef:
                     snapshot, None)
 
 
+def quiet_downloads() -> None:
+    """No progress bar per downloaded artifact: the report reads many small files (a user's setting wins)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def snapshot_of(client: MlflowClient, parent_run_id: str) -> dict[str, Any]:
     """The resolved study config the parent run keeps (`study.yaml`); empty for a run without one."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
+    quiet_downloads()
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(parent_run_id, SNAPSHOT_ARTIFACT, tmp)
@@ -174,6 +179,7 @@ def load_predictions(trials: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dic
     """The per-example test predictions (PREDICTIONS_ARTIFACT) of the given trials, by trial id, and the trials
     whose file could not be read, with why. Trials without the artifact (recorded before it existed) are in
     neither."""
+    quiet_downloads()
     client = MlflowClient(tracking_uri=trials.attrs["tracking_uri"])
     folder = PREDICTIONS_ARTIFACT.rsplit("/", 1)[0]
     found: dict[str, pd.DataFrame] = {}

@@ -538,11 +538,12 @@ def test_table_one_is_welch_holm_and_tost_on_each_methods_confirmed_seeds():
             _row("c1x", "confirm", "ogm_ge", [0.1, 0.1, 0.1, 0.1], val=0.1, confirms="s1"),  # worse on validation
             _row("c2", "confirm", "mm", same, confirms="s2")]
     trials = pd.DataFrame(rows)
-    trials.attrs.update(study="t", config={"methods": ["ogm_ge", "mm", "none"], "equivalence_margin": 1.0})
+    trials.attrs.update(study="t", config={"methods": ["ogm_ge", "mm", "pmr", "none"], "equivalence_margin": 1.0})
     table = benchmark_table(trials, "val_acc", "max")
-    assert list(table["method"]) == ["joint training (baseline)", "ogm_ge", "mm", "none"]
+    # `none` listed is joint training, which is the reference (never a row of its own); pmr has no confirmation
+    assert list(table["method"]) == ["joint training (baseline)", "ogm_ge", "mm", "pmr"]
     assert list(table["trial_id"][:3]) == ["b", "c1", "c2"]  # c1 re-trains the search's best (s1), c2 the only one
-    assert pd.isna(table.at[3, "trial_id"]) and table.at[3, "n"] == 0  # none: listed, no confirmed trial
+    assert pd.isna(table.at[3, "trial_id"]) and table.at[3, "n"] == 0  # pmr: listed, no confirmed trial
     raw = [stats.ttest_ind(x, base, equal_var=False) for x in (better, same)]
     for i, (res, p) in enumerate(zip(raw, holm([r.pvalue for r in raw])), start=1):
         assert table.at[i, "delta"] == pytest.approx(table.at[i, "acc"] - table.at[0, "acc"])
@@ -553,7 +554,7 @@ def test_table_one_is_welch_holm_and_tost_on_each_methods_confirmed_seeds():
     text = answer(table, 0.01)
     assert text.startswith("**Result.** 1 of the 2 methods beat joint training beyond noise: `ogm_ge`")
     assert "Equivalent to joint training within ±1 point (TOST, Holm): `mm`." in text
-    assert text.endswith("Not testable (no confirmed result with 2+ seeds): `none`.")
+    assert text.endswith("Not testable (no confirmed result with 2+ seeds): `pmr`.")
     trials.attrs["config"]["equivalence_margin"] = 0.001  # ±0.001 points: mm can no longer be shown equivalent
     assert benchmark_table(trials, "val_acc", "max").at[2, "verdict"] == "inconclusive"
 
