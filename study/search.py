@@ -286,7 +286,8 @@ class StudySearcher(Searcher):
         self.state.asked[trial_id] = trial.number
         self._trials[trial_id] = trial
         self._opened(trial_id, key, point)
-        return trial_spec(point, "search", self.seeds, method=method.key or None, startup=1 if startup else None,
+        return trial_spec(point, "search", self.seeds, method=method.key or None,
+                          startup=None if self.sampler.startup is None else int(startup),  # 0 is recorded too
                           joint_baseline=1 if method.joint_baseline else None)
 
     def _close_ended_methods(self) -> None:

@@ -177,7 +177,7 @@ def test_searcher_interleaves_methods_with_exact_budgets_and_survives_a_json_res
         assert s.get("joint_baseline") == (1 if s["method"] in JOINT else None)
     for label in labels:
         mine = [s for s in search if s["method"] == label]
-        assert [s.get("startup") for s in mine] == [1, None, None]  # n_startup_trials 1, counted from the journal
+        assert [s.get("startup") for s in mine] == [1, 0, 0]  # n_startup_trials 1, counted from the journal
         assert len({s["point"]["optim.lr"] for s in mine}) == 3  # the rebuilt sampler repeats no draw
     confirms = [s for s in specs if s["role"] == "confirm" and "confirms" in s]
     assert sorted(s["method"] for s in confirms) == sorted(labels)
@@ -388,7 +388,7 @@ def test_a_benchmark_tunes_the_shared_lr_and_confirms_joint_training_in_both_los
             [mine] = [t for t in journal[label] if t.params["optim.lr"] == pytest.approx(lr)]
             finished = [t for t in journal[label] if t.datetime_complete and t.datetime_complete < mine.datetime_start
                         and t.state.name == "COMPLETE"]
-            assert tags.get("mmstudy.startup") == ("1" if not finished else None), (label, tags)
+            assert tags.get("mmstudy.startup") == ("1" if not finished else "0"), (label, tags)
             continue
         assert config["dataset"]["seed"] == 7 and json.loads(tags["mmstudy.seeds"]) == [7, 8]
         twin = by_id[tags["mmstudy.confirms"]]
