@@ -395,3 +395,12 @@ def test_report_of_one_and_of_several_benchmark_studies_through_mlflow(tmp_path,
     capsys.readouterr()
     assert main(["report", first, first, "--tracking-uri", uri, "--out", str(tmp_path / "twice")]) == 2
     assert "is given twice" in capsys.readouterr().err and not (tmp_path / "twice").exists()
+
+
+def test_the_methods_that_train_a_modality_on_its_own_label_say_so():
+    """Table I's "Unimodal sup." column comes from each balancer's flag: these six train a modality with its own
+    supervised loss by design (ARL, MLA, PMR, ReconBoost; UME's unimodal models, UMT's teachers)."""
+    from trainables.balancers.registry import balancer_class, balancer_names
+
+    flagged = {name for name in balancer_names() if balancer_class(name).adds_unimodal_supervision}
+    assert flagged == {"arl", "mla", "pmr", "reconboost", "ume", "umt"}

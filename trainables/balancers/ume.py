@@ -49,6 +49,7 @@ class UMEParams(BaseModel):
 
 class UME(Balancer):
     name = "ume"
+    adds_unimodal_supervision = True  # each modality's model trains on CE(head_m(z_m), y) alone
     Params = UMEParams
 
     def __init__(self, params: UMEParams, modalities: list[str]):

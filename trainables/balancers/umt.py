@@ -80,6 +80,7 @@ class UMTParams(BaseModel):
 
 class UMT(Balancer):
     name = "umt"
+    adds_unimodal_supervision = True  # the teachers' CE, then their features distilled into the student
     Params = UMTParams
 
     def __init__(self, params: UMTParams, modalities: list[str]):
