@@ -26,6 +26,10 @@ from trainables.errors import ConfigError
 
 REFERENCE = "joint training (reference)"
 FILES = ("ranks.csv", "ranking.md", "critical_difference.png")
+# The study fields that make a benchmark's protocol (budget, search, confirmation, selection): the datasets may
+# differ between the studies ranked together, these should not
+PROTOCOL_KEYS = ("num_samples", "trial.epochs", "searcher", "searcher_options", "sampler_seed", "scheduler", "asha",
+                 "shared_space", "data_seed", "confirm", "metric", "loss_settings")
 
 
 def study_scores(trials: pd.DataFrame, metric: str | list[str], mode: str | list[str]) -> pd.Series:
@@ -111,17 +115,40 @@ def cd_figure(result: AcrossStudies, title: str):
     return fig
 
 
+def protocol_differences(configs: dict[str, dict[str, Any]]) -> list[str]:
+    """Each protocol field (PROTOCOL_KEYS) whose value differs between the studies' snapshots, with its value per
+    study: ranks across studies of different budgets mix the data's effect with the budget's, so the report says so."""
+    import json
+
+    def value(config: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            config = config.get(part) if isinstance(config, dict) else None
+        return config
+
+    lines = []
+    for key in PROTOCOL_KEYS:
+        values = {name: value(config or {}, key) for name, config in configs.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            lines.append(f"`{key}`: " + "; ".join(f"{json.dumps(v, sort_keys=True, default=str)} ({name})"
+                                                   for name, v in values.items()))
+    return lines
+
+
 def _percent(value: float) -> str:
     return "diverged" if value == -math.inf else ("–" if pd.isna(value) else f"{100 * value:.2f}")
 
 
-def ranking_markdown(result: AcrossStudies, studies: list[str], references: dict[str, str], command: str) -> str:
+def ranking_markdown(result: AcrossStudies, studies: list[str], references: dict[str, str], command: str,
+                     differences: list[str] = ()) -> str:
     lines = [f"# Methods ranked across {len(studies)} benchmark studies", "", f"Produced by: `{command}`", "",
              "Per study, each method's rank-1 confirmation's mean test accuracy (Table I of its report), ranked "
              "within the study (1 = best, ties averaged; a diverged or failed confirmation ranks last). Joint "
              f"training enters as `{REFERENCE}`, each study's reference ("
              + "; ".join(f"{s}: `{references[s]}`" for s in studies) + "). "
              "Only methods with a result in every study are ranked; the others are listed below.", ""]
+    if differences:
+        lines += ["**The studies' protocols differ**, so the ranks mix the effect of the data with that of the "
+                  "protocol:", "", *(f"- {d}" for d in differences), ""]
     headers = ["Method", *(f"{s}: rank (acc %)" for s in studies), "Mean rank"]
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for method, r in result.ranks.iterrows():
@@ -199,6 +226,7 @@ def build_ranking_report(studies: list[str], out_dir: str | None = None, trackin
         fig.savefig(out / "critical_difference.png", dpi=130)
         plt.close(fig)
         written.append("critical_difference.png")
-    (out / "ranking.md").write_text(ranking_markdown(result, names, references, command))
+    differences = protocol_differences({name: trials.attrs.get("config") for name, trials in zip(names, frames)})
+    (out / "ranking.md").write_text(ranking_markdown(result, names, references, command, differences))
     written.append("ranking.md")
     return {"out_dir": str(out), "files": written, "result": result}

@@ -318,8 +318,24 @@ def test_methods_are_ranked_across_studies_with_friedmans_test_and_nemenyis_crit
     fig = cd_figure(result, "t")
     fig.savefig(tmp_path / "cd.png")
     assert (tmp_path / "cd.png").stat().st_size > 1000
+    assert "protocols differ" not in md
     two = rank_across({"a": pd.Series({"x": 0.5, "y": 0.6}), "b": pd.Series({"x": 0.4, "y": 0.7})})
     assert two.friedman_p is None and "3 or more methods" in two.note
+
+
+def test_a_ranking_of_studies_with_different_budgets_says_which_fields_differ():
+    from analysis.ranking_across import protocol_differences, rank_across, ranking_markdown
+
+    base = {"mode": "benchmark", "num_samples": 4, "trial": {"epochs": 10, "dataset": {"name": "synthetic"}},
+            "confirm": {"top_k": 1, "seeds": [1000, 1001, 1002]}}
+    other = {**base, "num_samples": 3, "trial": {"epochs": 10, "dataset": {"name": "crema_d"}}}
+    assert protocol_differences({"a": base, "b": dict(base)}) == []  # the datasets may differ; nothing else did
+    assert protocol_differences({"a": base, "b": other}) == ["`num_samples`: 4 (a); 3 (b)"]
+    result = rank_across({"a": pd.Series({"x": 0.5, "y": 0.6, "z": 0.7}),
+                          "b": pd.Series({"x": 0.4, "y": 0.7, "z": 0.8})})
+    md = ranking_markdown(result, ["a", "b"], {"a": "none", "b": "none"}, "mmstudy report a b",
+                          protocol_differences({"a": base, "b": other}))
+    assert "**The studies' protocols differ**" in md and "- `num_samples`: 4 (a); 3 (b)" in md
 
 
 # ----------------------------------------------------------------------------- through MLflow and the CLI
