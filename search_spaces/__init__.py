@@ -285,6 +285,38 @@ def define_by_run(space: SearchSpace, base: dict[str, Any], categoricals: dict[s
     return DefineByRun(space, base, categoricals)
 
 
+def stratified_points(space: SearchSpace, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """n points of the space's sampled parameters (conditional ones left to the sampler), one per stratum of each
+    parameter's range, at the stratum's centre (a centred Latin hypercube, scipy.stats.qmc; log ranges split in
+    log space, steps rounded, ints and categoricals split into equal shares of their values): a few random start-up draws of a
+    learning rate can all land in one corner of a two-decade range, these span it."""
+    from scipy.stats import qmc
+
+    keys = [k for k, p in space.params.items() if p.type != "fixed" and not p.when]
+    if n < 1 or not keys:
+        return []
+    unit = qmc.LatinHypercube(d=len(keys), scramble=False, seed=seed).random(n)
+    points = []
+    for row in unit:
+        point = {}
+        for key, u in zip(keys, map(float, row)):
+            p = space.params[key]
+            if p.type == "categorical":
+                point[key] = p.choices[min(int(u * len(p.choices)), len(p.choices) - 1)]
+                continue
+            low, high = float(p.low), float(p.high)
+            if p.type == "int":  # each whole value an equal share (a log-scaled int too)
+                lo, hi, step = math.ceil(low), math.floor(high), int(p.step or 1)
+                point[key] = min(lo + step * math.floor(u * ((hi - lo) // step + 1)), hi)
+                continue
+            value = math.exp(math.log(low) + u * (math.log(high) - math.log(low))) if p.log else low + u * (high - low)
+            if p.step is not None:
+                value = low + round((value - low) / p.step) * p.step
+            point[key] = min(max(value, low), high)
+        points.append(point)
+    return points
+
+
 def grid_points(space: SearchSpace, base: dict[str, Any]) -> list[dict[str, Any]]:
     """The cartesian product of every parameter's grid, minus the points that break a constraint."""
     keys = [k for k, p in space.params.items() if p.grid_values()]

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from search_spaces import SearchSpace, define_by_run, grid_points, sensitivity_points
+from search_spaces import SearchSpace, define_by_run, grid_points, sensitivity_points, stratified_points
 from study.config import OWN_ROLES, StudyConfig, compare_points, optuna_sampler_class
 from study.methods import with_shared
 from trainables.errors import ConfigError
@@ -97,6 +97,7 @@ class MethodSearch:
     study_name: str | None = None
     joint_baseline: bool = False
     categoricals: dict[str, list[Any]] | None = None  # a search study's several loss settings
+    startup_points: list[dict[str, Any]] = field(default_factory=list)  # the shared knobs' first values (enqueued)
 
 
 @dataclass
@@ -131,16 +132,32 @@ def method_searches(cfg: StudyConfig) -> list[MethodSearch]:
     """The methods a study samples: a benchmark's searched methods (each its own Optuna study, `<study>/<label>`),
     a search study's one (its Optuna study keeps the study's name), a grid search's one without a sampler."""
     base = cfg.base_trial()
+    shared = shared_startup(cfg)
     if cfg.mode == "benchmark":
         return [MethodSearch(m.label, m.point, m.space, m.base(base), cfg.num_samples,
-                             optuna_study_name(cfg.name, m.label), m.joint_baseline)
+                             optuna_study_name(cfg.name, m.label), m.joint_baseline,
+                             startup_points=own_values(shared, m.space))
                 for m in cfg.methods_resolved() if m.searched]
     if cfg.mode != "search":
         return []
     if cfg.searcher == "grid":
         return [MethodSearch("")]
     extra = {"loss_setting": list(cfg.loss_settings)} if len(cfg.loss_settings) > 1 else None
-    return [MethodSearch("", {}, cfg.study_space(), base, cfg.num_samples, cfg.name, categoricals=extra)]
+    return [MethodSearch("", {}, cfg.study_space(), base, cfg.num_samples, cfg.name, categoricals=extra,
+                         startup_points=own_values(shared, cfg.study_space()))]
+
+
+def shared_startup(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """The shared knobs' values for each method's start-up trials: one stratified design (`stratified_points`,
+    seeded by `sampler_seed`) for all methods, so that every method tries the same spread of learning rates
+    (paired across methods) and its own knobs at random; none for a sampler without a start-up phase."""
+    startup = cfg.startup_trials()
+    return stratified_points(cfg.shared(), min(startup, cfg.num_samples), cfg.sampler_seed) if startup else []
+
+
+def own_values(points: list[dict[str, Any]], space: SearchSpace) -> list[dict[str, Any]]:
+    """`points` restricted to the knobs `space` samples (a method that fixes a shared knob keeps its value)."""
+    return [kept for kept in ({k: v for k, v in p.items() if k in space.params} for p in points) if kept]
 
 
 def start_notes(cfg: StudyConfig) -> list[str]:
@@ -370,6 +387,9 @@ class StudySearcher(Searcher):
             self._studies[key] = optuna.create_study(
                 storage=storage, study_name=method.study_name, sampler=self.sampler.build(held),
                 directions=directions, load_if_exists=True)
+            if not held:  # a new study: its first trials take the shared knobs' stratified values (kept in the journal)
+                for point in method.startup_points:
+                    self._studies[key].enqueue_trial(point)
         return self._studies[key]
 
     # --- saved with Tune's experiment ----------------------------------------------------------------------

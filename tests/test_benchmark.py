@@ -600,3 +600,25 @@ def test_synthetic_benchmarks_validate_under_the_protocol(name):
     assert [m.label for m in cfg.methods_resolved()][:2] == JOINT and "optim.lr" in cfg.shared().params
     assert cfg.per_seed_keys() == ["dataset.seed"] and cfg.noise_sources() == "training seed, data draw"
     assert not [note for note in start_notes(cfg) if "warning" in note]
+
+
+def test_every_methods_start_up_trials_span_the_shared_range_with_the_same_values(tmp_path):
+    """Random start-up draws of a learning rate can all land in one corner of a two-decade range (the recorded
+    levels benchmark: most methods never tried an lr above 0.0125). The start-up trials take the centres of
+    equal strata of the shared range instead, the same values for every method (paired), the method's own
+    knobs still at random; after start-up the sampler proposes as before."""
+    from study.search import StudySearcher
+
+    cfg = load_study_config(None, raw=bench_raw(tmp_path, num_samples=4, searcher_options={"n_startup_trials": 3}))
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    searcher = StudySearcher.for_study(cfg, study_dir)
+    specs = _drive(searcher, [], lambda spec: float(spec["point"]["optim.lr"]), 0)
+    centres = sorted(10 ** (-3 + 2 * (i + 0.5) / 3) for i in range(3))  # optim.lr: 1e-3 .. 1e-1, log
+    for label in [*JOINT, "ogm_ge"]:
+        mine = [s for s in specs if s["role"] == "search" and s["method"] == label]
+        assert [s["startup"] for s in mine] == [1, 1, 1, 0]
+        assert sorted(s["point"]["optim.lr"] for s in mine[:3]) == pytest.approx(centres)
+        assert 1e-3 <= mine[3]["point"]["optim.lr"] <= 0.1
+    alphas = {s["point"]["balancer.alpha"] for s in specs if s["role"] == "search" and s["method"] == "ogm_ge"}
+    assert len(alphas) == 4  # ogm_ge's own knob is drawn by the sampler, not stratified

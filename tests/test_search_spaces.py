@@ -120,3 +120,24 @@ def test_storage_checks_fail_fast(tmp_path, monkeypatch):
     monkeypatch.setattr("study.records.shutil.disk_usage", lambda p: _shutil._ntuple_diskusage(10, 10, 1024))
     with pytest.raises(ConfigError, match="storage_path: only 0 MiB free"):
         check_storage(tmp_path / "runs" / "x")
+
+
+def test_stratified_points_take_one_centre_per_stratum_of_every_range():
+    from search_spaces import SearchSpace, stratified_points
+
+    space = SearchSpace(params={
+        "optim.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "optim.weight_decay": {"type": "float", "low": 0.0, "high": 1e-3},
+        "balancer.k": {"type": "int", "low": 1, "high": 4},
+        "balancer.mode": {"type": "categorical", "choices": ["a", "b"]},
+        "balancer.c": {"type": "float", "low": 0.0, "high": 1.0, "when": {"balancer.mode": "a"}},  # conditional
+        "balancer.f": {"type": "fixed", "value": 3}})
+    points = stratified_points(space, 4, seed=0)
+    assert len(points) == 4 and all(set(p) == {"optim.lr", "optim.weight_decay", "balancer.k", "balancer.mode"}
+                                     for p in points)
+    assert sorted(p["optim.lr"] for p in points) == pytest.approx([10 ** (-3 + 2 * (i + 0.5) / 4) for i in range(4)])
+    assert sorted(p["optim.weight_decay"] for p in points) == pytest.approx([1.25e-4, 3.75e-4, 6.25e-4, 8.75e-4])
+    assert sorted(p["balancer.k"] for p in points) == [1, 2, 3, 4]
+    assert sorted(p["balancer.mode"] for p in points) == ["a", "a", "b", "b"]
+    assert stratified_points(space, 4, seed=0) == points  # seeded: the same design for every method and resume
+    assert stratified_points(SearchSpace(), 4) == [] and stratified_points(space, 0) == []
