@@ -716,7 +716,9 @@ def benchmark_markdown(name: str, config: dict[str, Any], counts: dict[str, int]
               "depends on the one configuration; descriptive, not in Table I's tests.", "",
               robustness_markdown(parts["robustness"]), "", "## Tuning cost per method", "",
               "Resource-hours: Σ over each trial's epochs of the trainer's measured epoch time × its seeds × its "
-              "resources (`resources` in the config). Start-up: the search's random start-up trials.", "",
+              "resources (`resources` in the config). Start-up: the search's start-up trials (before the sampler "
+              "models the results: the shared knobs at the stratified values every method gets, its own at random).",
+              "",
               cost_markdown(parts["cost"]), ""]
     if "accuracy_vs_gap.png" in parts["files"]:
         lines += ["## Accuracy against modality gap", "", "![accuracy vs gap](accuracy_vs_gap.png)", ""]

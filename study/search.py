@@ -4,9 +4,9 @@ the trials, and ASHA per method.
 Every trial's Tune config is `{"point": {dotted key: value}, "role": ..., "seeds": [...]}`, plus, where they
 apply: `confirms` (the search trial a confirmation re-trains), `method` (a benchmark's method label),
 `confirm_rank` (the rank of the search trial it confirms, 1 = the reported configuration), `joint_baseline`
-(joint training as a benchmark's reference), `startup` (a random start-up draw of the sampler) and
-`per_seed_keys` (trial keys each seed also sets: `dataset.seed` under `data_seed: per_seed`). The trainable, the
-MLflow writer (tags `mmstudy.<key>`) and the console read this one shape.
+(joint training as a benchmark's reference), `startup` (1 for a start-up trial: shared knobs at their stratified
+values, the rest drawn at random; 0 after) and `per_seed_keys` (trial keys each seed also sets: `dataset.seed` under
+`data_seed: per_seed`). The trainable, the MLflow writer (tags `mmstudy.<key>`) and the console read this one shape.
 Roles: search | sensitivity | compare (the study's own trials), baseline (joint training, `none`, same trial
 config and budget; not in a benchmark, where joint training is a method), confirm (a top-k search configuration
 re-trained with seeds the search never saw).
@@ -408,7 +408,8 @@ class StudySearcher(Searcher):
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"study: the searcher state {checkpoint_path} is not this searcher's JSON state "
                               f"({where + ': ' if where else ''}{first['msg'][:120]}); it is never unpickled: "
-                              f"was the study folder written by another version or altered? Nothing was changed") from None
+                              f"was the study folder written by another version or altered? Nothing was "
+                              f"changed") from None
         unknown = set(state.remaining) - set(self.methods)
         if state.version != STATE_VERSION or unknown:
             raise ConfigError(f"study: the searcher state {checkpoint_path} does not belong to this study "
