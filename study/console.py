@@ -255,10 +255,13 @@ class StudyConsole(Callback):
             self.progress[trial.trial_id] = (role, len(trial.config.get("seeds") or [0]), result["training_iteration"])
         self._remember(trial, result)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def _completed_status(self, trial) -> tuple[str, str]:
+        """(status, reason) of a trial that ended without an error: finished, pruned or diverged."""
         last = trial.last_result or {}
-        status, reason = trial_status(last, self.epochs or int(last.get("training_iteration", 0)))
-        self._ended(trial, status, reason)
+        return trial_status(last, self.epochs or int(last.get("training_iteration", 0)))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial, *self._completed_status(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial, "failed", "see the trial's error.txt (mmstudy list shows the reason)")
@@ -280,9 +283,7 @@ class StudyConsole(Callback):
         for trial in trials:
             if trial.trial_id not in self.progress and trial.status in ("TERMINATED", "ERROR"):
                 self._adopt(trial)
-                last = trial.last_result or {}
-                self.ended[trial.trial_id] = "failed" if trial.status == "ERROR" else \
-                    trial_status(last, self.epochs or int(last.get("training_iteration", 0)))[0]
+                self.ended[trial.trial_id] = "failed" if trial.status == "ERROR" else self._completed_status(trial)[0]
 
     def on_step_end(self, iteration, trials, **info):
         self._count_restored(trials)
