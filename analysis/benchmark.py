@@ -694,9 +694,10 @@ def benchmark_markdown(name: str, config: dict[str, Any], counts: dict[str, int]
              f"on the confirmation seeds {(config.get('confirm') or {}).get('seeds')} and that rank-1 confirmation is "
              "its row (the other confirmations are in the robustness table, never chosen among). "
              f"Reference: {reference or 'none'}. Numbers are test metrics in percent at each seed's best validation "
-             "epoch: mean ± sample std [95 % t-interval, an accuracy's cut at 0 and 100] (n seeds). Δ vs the reference: Welch's 95 % interval; p "
-             "Holm-corrected over every row compared with the reference (a diverged or failed confirmation counts as "
-             "a failed test, p = 1); \"within noise\" when the interval covers 0 or p (Holm) ≥ 0.05. Verdict: TOST at "
+             "epoch: mean ± sample std [95 % t-interval, an accuracy's cut at 0 and 100] (n seeds). Δ vs the "
+             "reference: Welch's 95 % interval; p Holm-corrected over every row compared with the reference (a "
+             "diverged or failed confirmation counts as a failed test, p = 1); \"within noise\" when the interval "
+             "covers 0 or p (Holm) ≥ 0.05. Verdict: TOST at "
              f"{_points(margin)} with its p Holm-corrected over the same rows first (equivalent), then the sign of a "
              "significant difference (better / worse), else inconclusive. \"Unimodal sup.\": the method trains each "
              "modality with its own supervised loss (its own design, or `loss_setting: multimodal+unimodal`).", "",

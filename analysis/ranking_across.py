@@ -10,6 +10,7 @@ never imputed.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -118,8 +119,6 @@ def cd_figure(result: AcrossStudies, title: str):
 def protocol_differences(configs: dict[str, dict[str, Any]]) -> list[str]:
     """Each protocol field (PROTOCOL_KEYS) whose value differs between the studies' snapshots, with its value per
     study: ranks across studies of different budgets mix the data's effect with the budget's, so the report says so."""
-    import json
-
     def value(config: dict[str, Any], key: str) -> Any:
         for part in key.split("."):
             config = config.get(part) if isinstance(config, dict) else None

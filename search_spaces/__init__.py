@@ -288,8 +288,8 @@ def define_by_run(space: SearchSpace, base: dict[str, Any], categoricals: dict[s
 def stratified_points(space: SearchSpace, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """n points of the space's sampled parameters (conditional ones left to the sampler), one per stratum of each
     parameter's range, at the stratum's centre (a centred Latin hypercube, scipy.stats.qmc; log ranges split in
-    log space, steps rounded, ints and categoricals split into equal shares of their values): a few random start-up draws of a
-    learning rate can all land in one corner of a two-decade range, these span it."""
+    log space, steps rounded, ints and categoricals split into equal shares of their values): a few random
+    start-up draws of a learning rate can all land in one corner of a two-decade range, these span it."""
     from scipy.stats import qmc
 
     keys = [k for k, p in space.params.items() if p.type != "fixed" and not p.when]
